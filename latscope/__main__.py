@@ -1,0 +1,7 @@
+"""``python -m latscope``: the command line."""
+
+import sys
+
+from latscope.cli import main
+
+sys.exit(main())
