@@ -1,0 +1,153 @@
+"""The ``latscope`` command line.
+
+  latscope lab up [--hosts N] [--containers M] [--range CIDR] [--prefix P]
+  latscope lab down [--prefix P | --all]
+  latscope lab status [--prefix P]
+  latscope headers [--ensure]
+  latscope demo
+
+Errors are one line on stderr naming the field, and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from ansible_collections.latscope.latscope.plugins.module_utils.errors import InputError
+
+EXIT_INPUT = 2
+EXIT_FAILURE = 1
+
+EPILOG = """examples:
+  latscope lab up                       # manager + 2 hosts, 1 container each, in 198.18.0.0/16
+  latscope lab up --hosts 8 --containers 0
+  latscope lab status
+  latscope lab down --all               # remove every lab on this machine
+  latscope demo                         # lab up, then every lab machine answers over SSH
+"""
+
+
+def _progress(message: str) -> None:
+    print(f"  .. {message}", file=sys.stderr, flush=True)
+
+
+def _lab_settings(args: argparse.Namespace):
+    from latscope.lab.settings import LabSettings
+
+    raw = {"prefix": args.prefix, "hosts": args.hosts, "containers": args.containers, "range": args.range}
+    if args.state_dir:
+        raw["state_dir"] = args.state_dir
+    return LabSettings.from_dict(raw)
+
+
+def cmd_lab_up(args: argparse.Namespace) -> int:
+    from latscope.lab import lab
+
+    result = lab.up(_lab_settings(args), progress=_progress)
+    what = ", ".join(result.changes) if result.changes else "nothing (already up)"
+    print(f"lab {result.plan.settings.prefix}: up in {result.seconds:.1f}s; "
+          f"{len(result.plan.hosts)} hosts, {len(result.plan.containers)} containers; changed: "
+          f"{len(result.changes)}")
+    if args.verbose:
+        print(f"  changes: {what}")
+    print(f"inventory: {result.files.inventory_dir}")
+    return 0
+
+
+def cmd_lab_down(args: argparse.Namespace) -> int:
+    from latscope.lab import lab
+
+    prefixes = lab.known_labs() if args.all else [args.prefix]
+    if not prefixes:
+        print("no lab is up")
+    for prefix in prefixes:
+        result = lab.down(prefix, state_dir=None if args.all else args.state_dir, progress=_progress)
+        print(f"lab {prefix}: down in {result.seconds:.1f}s; removed {len(result.removed)} items")
+    return 0
+
+
+def cmd_lab_status(args: argparse.Namespace) -> int:
+    from latscope.lab import lab
+
+    print(json.dumps(lab.status(args.prefix), indent=2))
+    return 0
+
+
+def cmd_headers(args: argparse.Namespace) -> int:
+    from latscope.kernel import headers
+
+    if args.ensure:
+        tree, changed = headers.ensure_header_tree()
+        print(f"{'built' if changed else 'using'} {tree.source} header tree {tree.path}")
+        return 0
+    tree = headers.find_header_tree()
+    print(json.dumps(tree.as_dict() if tree else None))
+    return 0 if tree else EXIT_FAILURE
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from latscope.demo import run_demo
+
+    return run_demo(_lab_settings(args), progress=_progress)
+
+
+def _add_lab_options(parser: argparse.ArgumentParser, full: bool = True) -> None:
+    from latscope.lab.settings import DEFAULT_PREFIX, DEFAULT_RANGE
+
+    parser.add_argument("--prefix", default=DEFAULT_PREFIX, help="names the lab's namespaces and links "
+                        f"(default {DEFAULT_PREFIX})")
+    parser.add_argument("--state-dir", default=None, help="where the lab keeps its files "
+                        "(default /run/latscope/lab-PREFIX)")
+    if full:
+        parser.add_argument("--hosts", type=str, default="2", help="lab hosts, 1-8 (default 2)")
+        parser.add_argument("--containers", type=str, default="1", help="containers per host, 0-4 (default 1)")
+        parser.add_argument("--range", default=DEFAULT_RANGE, help=f"address range (default {DEFAULT_RANGE})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="latscope", description="Where the latency of a flow goes.",
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    lab_parser = sub.add_parser("lab", help="the local lab: a small fleet in network namespaces")
+    lab_sub = lab_parser.add_subparsers(dest="lab_command", required=True)
+    p = lab_sub.add_parser("up", help="create the lab (idempotent)")
+    _add_lab_options(p)
+    p.add_argument("-v", "--verbose", action="store_true", help="list what changed")
+    p.set_defaults(func=cmd_lab_up)
+    p = lab_sub.add_parser("down", help="remove the lab (succeeds when nothing is up)")
+    _add_lab_options(p, full=False)
+    p.add_argument("--all", action="store_true", help="remove every lab on this machine")
+    p.set_defaults(func=cmd_lab_down)
+    p = lab_sub.add_parser("status", help="what of the lab exists, as JSON")
+    _add_lab_options(p, full=False)
+    p.set_defaults(func=cmd_lab_status)
+
+    p = sub.add_parser("headers", help="the kernel header tree BCC compiles against")
+    p.add_argument("--ensure", action="store_true", help="build the merged generic tree when missing")
+    p.set_defaults(func=cmd_headers)
+
+    p = sub.add_parser("demo", help="the main job on the local lab")
+    _add_lab_options(p)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except InputError as exc:
+        print(f"latscope: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("latscope: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the CLI's one line for anything else
+        if getattr(args, "debug", False):
+            raise
+        print(f"latscope: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE

@@ -1,0 +1,102 @@
+"""The Ansible inventory of a lab (pure: builds data, writes nothing).
+
+The inventory is a directory, as a fleet's would be: ``hosts.yml`` with the
+groups ``latscope_manager``, ``bare_metal`` and ``containers`` (each container
+names the host it lives on in ``latscope_container_host``), and
+``group_vars/all/secrets.yml`` with the passwords, the one file a real fleet
+would encrypt with ansible-vault.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from latscope.lab.settings import LabPlan, Node
+
+REDIS_PORT = 6379
+MYSQL_PORT = 3306
+MYSQL_DATABASE = "latscope"
+MYSQL_USER = "latscope"
+
+
+@dataclass(frozen=True)
+class LabFiles:
+    """Where a lab keeps what it made."""
+
+    root: Path
+
+    @property
+    def state(self) -> Path:
+        return self.root / "lab.json"
+
+    @property
+    def inventory_dir(self) -> Path:
+        return self.root / "inventory"
+
+    @property
+    def hosts_file(self) -> Path:
+        return self.inventory_dir / "hosts.yml"
+
+    @property
+    def secrets_file(self) -> Path:
+        return self.inventory_dir / "group_vars" / "all" / "secrets.yml"
+
+    @property
+    def ssh_dir(self) -> Path:
+        return self.root / "ssh"
+
+    @property
+    def client_key(self) -> Path:
+        return self.ssh_dir / "id_ed25519"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.ssh_dir / "known_hosts"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / "run"
+
+
+def _host_vars(node: Node) -> dict[str, Any]:
+    entry: dict[str, Any] = {"ansible_host": node.address, "latscope_netns": node.netns}
+    if node.kind == "container":
+        entry["latscope_container_host"] = node.parent
+    if node.containers:
+        entry["latscope_containers"] = list(node.containers)
+    return entry
+
+
+def build_inventory(lab: LabPlan, files: LabFiles) -> dict[str, Any]:
+    """The content of ``hosts.yml`` for ``lab``."""
+    ssh_args = (f"-o UserKnownHostsFile={files.known_hosts} -o StrictHostKeyChecking=yes "
+                "-o ControlMaster=auto -o ControlPersist=60s")
+    common = {
+        "ansible_user": "root",
+        "ansible_ssh_private_key_file": str(files.client_key),
+        "ansible_ssh_common_args": ssh_args,
+        "ansible_python_interpreter": "/usr/bin/python3",
+        "latscope_lab_prefix": lab.settings.prefix,
+        "latscope_manager_address": lab.manager.address,
+        "latscope_redis_port": REDIS_PORT,
+        "latscope_mysql_port": MYSQL_PORT,
+        "latscope_mysql_database": MYSQL_DATABASE,
+        "latscope_mysql_user": MYSQL_USER,
+    }
+    return {
+        "all": {
+            "vars": common,
+            "children": {
+                "latscope_manager": {"hosts": {lab.manager.name: _host_vars(lab.manager)}},
+                "bare_metal": {"hosts": {n.name: _host_vars(n) for n in lab.hosts}},
+                "containers": {"hosts": {n.name: _host_vars(n) for n in lab.containers}},
+            },
+        }
+    }
+
+
+def build_secrets(redis_password: str, mysql_password: str) -> dict[str, str]:
+    """The content of ``group_vars/all/secrets.yml``."""
+    return {"latscope_redis_password": redis_password, "latscope_mysql_password": mysql_password}
