@@ -34,8 +34,8 @@ def ansible_ping(inventory: Path) -> dict[str, dict]:
                            "-o"], capture_output=True, text=True, env=ansible_env(), check=False)
     results: dict[str, dict] = {}
     for line in proc.stdout.splitlines():
-        name, _, rest = line.partition(" | ")
-        status, _, payload = rest.partition(" => ")
+        name, rest = line.split(" | ", 1) if " | " in line else (line, "")
+        status, payload = rest.split(" => ", 1) if " => " in rest else (rest, "")
         try:
             data = json.loads(payload) if payload.strip().startswith("{") else {"msg": payload}
         except ValueError:

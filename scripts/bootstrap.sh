@@ -23,7 +23,7 @@ grep -qs '^ID=debian' /etc/os-release || die "this script supports Debian 12 onl
 packages=(
   python3 python3-venv python3-pip python3-bpfcc bpfcc-tools bpftool linux-headers-amd64
   redis-server redis-tools mariadb-server mariadb-client openssh-server openssh-client
-  iproute2 iperf3 tcpdump procps git
+  iproute2 iperf3 tcpdump procps git shellcheck
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -53,6 +53,24 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$repo/requirements/dev.txt"
   echo "$want" >"$stamp"
   changed+=(pip)
+fi
+
+# --- ansible-test, in a venv of its own: its sanity tests pin their own tool versions --------
+sanity_venv="$venv/ansible-test"
+core_pin=$(grep -m1 '^ansible-core==' "$repo/requirements/dev.txt")
+if [ "$(cat "$sanity_venv/.pin" 2>/dev/null)" != "$core_pin" ]; then
+  say "creating the ansible-test venv ($core_pin)"
+  rm -rf "$sanity_venv"
+  "$system_python" -m venv "$sanity_venv"
+  "$sanity_venv/bin/python" -m pip install -q --disable-pip-version-check "$core_pin"
+  echo "$core_pin" >"$sanity_venv/.pin"
+  changed+=(ansible-test)
+fi
+get_pip="$HOME/.ansible/test/cache/get_pip_24_2.py"
+if ! cmp -s "$repo/scripts/ansible_test_get_pip.py" "$get_pip"; then
+  mkdir -p "$(dirname "$get_pip")"
+  cp "$repo/scripts/ansible_test_get_pip.py" "$get_pip"
+  changed+=(get-pip)
 fi
 
 # --- the collection on the import path ---------------------------------------

@@ -38,8 +38,8 @@ class UpResult:
     seconds: float = 0.0
 
 
-def _quiet(_: str) -> None:
-    pass
+def _quiet(message: str) -> None:
+    del message
 
 
 def load_state(files: LabFiles) -> dict | None:

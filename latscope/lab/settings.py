@@ -46,7 +46,7 @@ class LabSettings:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "LabSettings":
         """Validate ``raw`` (CLI flags or a YAML mapping); raise InputError naming the setting."""
-        known = {f for f in cls.__dataclass_fields__}
+        known = set(cls.__dataclass_fields__)
         for key in raw:
             if key not in known:
                 raise InputError(key, f"unknown lab setting; known: {', '.join(sorted(known))}")

@@ -7,12 +7,11 @@ from latscope.lab.settings import LabSettings, plan
 
 
 def _inventory(**raw):
-    lab = plan(LabSettings.from_dict(raw))
-    return lab, build_inventory(lab, LabFiles(Path("/run/latscope/lab-x")))
+    return build_inventory(plan(LabSettings.from_dict(raw)), LabFiles(Path("/run/latscope/lab-x")))
 
 
 def test_groups_hold_every_machine_once():
-    lab, inv = _inventory(hosts=3, containers=2)
+    lab, inv = plan(LabSettings.from_dict({"hosts": 3, "containers": 2})), _inventory(hosts=3, containers=2)
     groups = inv["all"]["children"]
     assert set(groups) == {"latscope_manager", "bare_metal", "containers"}
     names = [name for group in groups.values() for name in group["hosts"]]
@@ -21,7 +20,7 @@ def test_groups_hold_every_machine_once():
 
 
 def test_containers_name_their_host():
-    _, inv = _inventory(hosts=2, containers=1)
+    inv = _inventory(hosts=2, containers=1)
     containers = inv["all"]["children"]["containers"]["hosts"]
     assert containers["host2-c1"]["latscope_container_host"] == "host2"
     hosts = inv["all"]["children"]["bare_metal"]["hosts"]
@@ -29,7 +28,7 @@ def test_containers_name_their_host():
 
 
 def test_ssh_is_key_only_with_pinned_host_keys():
-    _, inv = _inventory()
+    inv = _inventory()
     common = inv["all"]["vars"]
     assert common["ansible_ssh_private_key_file"] == "/run/latscope/lab-x/ssh/id_ed25519"
     assert "StrictHostKeyChecking=yes" in common["ansible_ssh_common_args"]
@@ -37,6 +36,6 @@ def test_ssh_is_key_only_with_pinned_host_keys():
 
 
 def test_no_secret_in_the_hosts_file():
-    _, inv = _inventory()
+    inv = _inventory()
     assert "password" not in repr(inv)
     assert set(build_secrets("r", "m")) == {"latscope_redis_password", "latscope_mysql_password"}

@@ -1,0 +1,71 @@
+"""The collection as users get it: it builds, installs, and passes ansible-test sanity."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+ANSIBLE_TEST = VENV_BIN.parent / "ansible-test" / "bin" / "ansible-test"
+
+
+def _collection_files() -> list[str]:
+    """Tracked files plus new ones git does not ignore: what a commit of the work tree would hold."""
+    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                         cwd=REPO, capture_output=True, text=True, check=True).stdout
+    return sorted(name for name in out.split("\0") if name and (REPO / name).is_file())
+
+
+@pytest.fixture(scope="module")
+def collection_tree(tmp_path_factory) -> Path:
+    """A copy of the checkout at .../ansible_collections/latscope/latscope, as ansible-test requires."""
+    root = tmp_path_factory.mktemp("collections") / "ansible_collections" / "latscope" / "latscope"
+    for name in _collection_files():
+        target = root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, target)
+    return root
+
+
+def test_galaxy_build_and_install(tmp_path, collection_tree):
+    galaxy = yaml.safe_load((REPO / "galaxy.yml").read_text())
+    subprocess.run([str(VENV_BIN / "ansible-galaxy"), "collection", "build", "--output-path", str(tmp_path),
+                    str(collection_tree)], check=True, capture_output=True, text=True)
+    tarball = tmp_path / f"latscope-latscope-{galaxy['version']}.tar.gz"
+    assert tarball.is_file()
+    with tarfile.open(tarball) as archive:
+        names = set(archive.getnames())
+    assert "MANIFEST.json" in names and "plugins/module_utils/errors.py" in names
+    assert not any(name.startswith((".ci", ".venv", "bench/")) or name == "run.sh" for name in names)
+
+    install_root = tmp_path / "installed"
+    proc = subprocess.run([str(VENV_BIN / "ansible-galaxy"), "collection", "install", "--force", "-p", str(install_root),
+                           str(tarball)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((install_root / "ansible_collections" / "latscope" / "latscope" / "MANIFEST.json")
+                          .read_text())
+    assert manifest["collection_info"]["version"] == galaxy["version"]
+    listed = subprocess.run([str(VENV_BIN / "ansible-galaxy"), "collection", "list", "-p", str(install_root),
+                             "latscope.latscope", "--format", "json"], capture_output=True, text=True, check=True)
+    assert galaxy["version"] in listed.stdout
+
+
+@pytest.mark.slow
+def test_ansible_test_sanity(collection_tree):
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(collection_tree.parents[2]))
+    proc = subprocess.run([str(ANSIBLE_TEST), "sanity", "--local", "--requirements", "--python", "3.11",
+                           "--color", "no"], cwd=collection_tree, capture_output=True, text=True, env=env,
+                          timeout=1800, check=False)
+    problems = [line for line in (proc.stdout + proc.stderr).splitlines()
+                if line.startswith(("ERROR", "FATAL"))]
+    assert proc.returncode == 0, "\n".join(problems) or proc.stderr[-3000:]
+    assert "Running sanity test \"validate-modules\"" in proc.stdout + proc.stderr
