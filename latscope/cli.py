@@ -46,7 +46,13 @@ def _lab_settings(args: argparse.Namespace):
 def cmd_lab_up(args: argparse.Namespace) -> int:
     from latscope.lab import lab
 
-    result = lab.up(_lab_settings(args), progress=_progress)
+    result = lab.up(_lab_settings(args), progress=None if args.json else _progress)
+    if args.json:
+        print(json.dumps({"changed": bool(result.changes), "changes": result.changes,
+                          "inventory": str(result.files.inventory_dir), "seconds": round(result.seconds, 2),
+                          "hosts": [n.name for n in result.plan.hosts],
+                          "containers": [n.name for n in result.plan.containers]}))
+        return 0
     what = ", ".join(result.changes) if result.changes else "nothing (already up)"
     print(f"lab {result.plan.settings.prefix}: up in {result.seconds:.1f}s; "
           f"{len(result.plan.hosts)} hosts, {len(result.plan.containers)} containers; changed: "
@@ -61,11 +67,17 @@ def cmd_lab_down(args: argparse.Namespace) -> int:
     from latscope.lab import lab
 
     prefixes = lab.known_labs() if args.all else [args.prefix]
-    if not prefixes:
+    if not prefixes and not args.json:
         print("no lab is up")
+    removed = []
     for prefix in prefixes:
-        result = lab.down(prefix, state_dir=None if args.all else args.state_dir, progress=_progress)
-        print(f"lab {prefix}: down in {result.seconds:.1f}s; removed {len(result.removed)} items")
+        result = lab.down(prefix, state_dir=None if args.all else args.state_dir,
+                          progress=None if args.json else _progress)
+        removed.extend(result.removed)
+        if not args.json:
+            print(f"lab {prefix}: down in {result.seconds:.1f}s; removed {len(result.removed)} items")
+    if args.json:
+        print(json.dumps({"changed": bool(removed), "removed": removed}))
     return 0
 
 
@@ -117,10 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = lab_sub.add_parser("up", help="create the lab (idempotent)")
     _add_lab_options(p)
     p.add_argument("-v", "--verbose", action="store_true", help="list what changed")
+    p.add_argument("--json", action="store_true", help="print the result as JSON, nothing else")
     p.set_defaults(func=cmd_lab_up)
     p = lab_sub.add_parser("down", help="remove the lab (succeeds when nothing is up)")
     _add_lab_options(p, full=False)
     p.add_argument("--all", action="store_true", help="remove every lab on this machine")
+    p.add_argument("--json", action="store_true", help="print the result as JSON, nothing else")
     p.set_defaults(func=cmd_lab_down)
     p = lab_sub.add_parser("status", help="what of the lab exists, as JSON")
     _add_lab_options(p, full=False)

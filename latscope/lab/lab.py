@@ -256,8 +256,9 @@ def _write_inventory(files: LabFiles, lab: LabPlan, changes: list[str]) -> None:
         changes.append("inventory")
 
 
-def up(settings: LabSettings, progress: Progress = _quiet) -> UpResult:
+def up(settings: LabSettings, progress: Progress | None = None) -> UpResult:
     """Create what is missing of the lab ``settings`` describes; validate everything first."""
+    progress = progress or _quiet
     started = time.monotonic()
     lab = plan(settings)
     files = LabFiles(Path(settings.state_dir))
@@ -298,8 +299,9 @@ def known_labs() -> list[str]:
     return sorted(p.parent.name[len("lab-"):] for p in STATE_ROOT.glob("lab-*/lab.json"))
 
 
-def down(prefix: str, state_dir: str | None = None, progress: Progress = _quiet) -> DownResult:
+def down(prefix: str, state_dir: str | None = None, progress: Progress | None = None) -> DownResult:
     """Remove everything the lab ``prefix`` made; nothing to do is success."""
+    progress = progress or _quiet
     started = time.monotonic()
     result = DownResult()
     files = LabFiles(Path(state_dir) if state_dir else STATE_ROOT / f"lab-{prefix}")
