@@ -1,8 +1,10 @@
 """Fixtures for system tests: real namespaces, real sshd, Redis and MariaDB.
 
-The test lab uses its own prefix and range so that it never meets a lab a
-person brought up with the defaults; it is torn down at the end of the session
-whatever happened (and .ci/run removes every lab again afterwards).
+Each test session gets a lab of its own: a free *slot* gives it a prefix
+(``t<slot>``) and a range (``198.19.<2*slot>.0/23``) that meet neither a lab a
+person brought up with the defaults (198.18.0.0/16) nor another test session
+running at the same time. It is torn down at the end of the session whatever
+happened (and .ci/run removes every lab again afterwards).
 """
 
 from __future__ import annotations
@@ -20,7 +22,18 @@ from latscope.lab.settings import LabSettings
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
-TEST_LAB = {"prefix": "lt", "hosts": 2, "containers": 1, "range": "198.19.0.0/16"}
+MAX_SLOTS = 64
+
+
+def _free_slot() -> int:
+    from latscope.lab import netops
+    from latscope.lab.settings import STATE_ROOT
+
+    taken = netops.namespaces()
+    for slot in range(MAX_SLOTS):
+        if not (STATE_ROOT / f"lab-t{slot}").exists() and f"t{slot}-mgr" not in taken:
+            return slot
+    raise RuntimeError(f"all {MAX_SLOTS} test lab slots are in use; run `latscope lab down --all`")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -29,14 +42,20 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def lab_settings() -> LabSettings:
-    return LabSettings.from_dict(TEST_LAB)
+def lab_slot() -> int:
+    """This session's slot: names and addresses no other lab uses."""
+    return _free_slot()
+
+
+@pytest.fixture(scope="session")
+def lab_settings(lab_slot) -> LabSettings:
+    return LabSettings.from_dict({"prefix": f"t{lab_slot}", "hosts": 2, "containers": 1,
+                                  "range": f"198.19.{2 * lab_slot}.0/23"})
 
 
 @pytest.fixture(scope="session")
 def lab(lab_settings):
     """A lab that is up for the whole session."""
-    lab_ops.down(lab_settings.prefix)
     result = lab_ops.up(lab_settings)
     try:
         yield result

@@ -104,33 +104,36 @@ def test_changing_a_running_lab_names_the_setting(lab, lab_settings):
     assert len(lab_ops.status(lab_settings.prefix)["nodes"]) == len(lab.plan.nodes)
 
 
-def test_overlapping_range_is_refused_before_anything_is_made(lab):
-    settings = LabSettings.from_dict({"prefix": "lz", "range": "198.19.0.0/23"})
+def test_overlapping_range_is_refused_before_anything_is_made(lab, lab_slot):
+    settings = LabSettings.from_dict({"prefix": f"z{lab_slot}", "range": lab.plan.settings.range})
     with pytest.raises(InputError) as info:
         lab_ops.up(settings)
     assert info.value.field == "range"
-    assert not any(ns.startswith("lz-") for ns in netops.namespaces())
+    assert not any(ns.startswith(f"z{lab_slot}-") for ns in netops.namespaces())
     assert not Path(settings.state_dir).exists()
 
 
-def test_name_clash_is_refused_before_anything_is_made():
-    settings = LabSettings.from_dict({"prefix": "lq", "range": "198.18.240.0/20"})
-    netops.run(["ip", "netns", "add", "lq-h2"])
+def test_name_clash_is_refused_before_anything_is_made(lab_slot):
+    prefix = f"q{lab_slot}"
+    settings = LabSettings.from_dict({"prefix": prefix, "range": f"198.19.{128 + 2 * lab_slot}.0/23"})
+    netops.run(["ip", "netns", "add", f"{prefix}-h2"])
     try:
         with pytest.raises(InputError) as info:
             lab_ops.up(settings)
         assert info.value.field == "prefix"
-        assert "lq-h2" in str(info.value)
-        assert sorted(ns for ns in netops.namespaces() if ns.startswith("lq-")) == ["lq-h2"]
-        assert "lq-br" not in netops.links()
+        assert f"{prefix}-h2" in str(info.value)
+        assert sorted(ns for ns in netops.namespaces() if ns.startswith(f"{prefix}-")) == [f"{prefix}-h2"]
+        assert f"{prefix}-br" not in netops.links()
         assert not Path(settings.state_dir).exists()
     finally:
-        netops.run(["ip", "netns", "delete", "lq-h2"])
+        netops.run(["ip", "netns", "delete", f"{prefix}-h2"])
 
 
-def test_down_removes_everything_and_is_idempotent():
+def test_down_removes_everything_and_is_idempotent(lab_slot):
     """A lab of its own (1 host, 2 containers), so the session lab stays up for the other tests."""
-    settings = LabSettings.from_dict({"prefix": "ld", "hosts": 1, "containers": 2, "range": "198.18.224.0/20"})
+    prefix = f"d{lab_slot}"
+    subnet = f"198.19.{128 + 2 * lab_slot}."
+    settings = LabSettings.from_dict({"prefix": prefix, "hosts": 1, "containers": 2, "range": f"{subnet}0/23"})
     lab_plan = plan(settings)
     up = lab_ops.up(settings)
     state_dir = Path(settings.state_dir)
@@ -141,12 +144,12 @@ def test_down_removes_everything_and_is_idempotent():
 
     lab_ops.down(settings.prefix)
 
-    assert not any(ns.startswith("ld-") for ns in netops.namespaces())
-    assert not any(link.startswith("ld-") for link in netops.links())
+    assert not any(ns.startswith(f"{prefix}-") for ns in netops.namespaces())
+    assert not any(link.startswith(f"{prefix}-") for link in netops.links())
     assert not state_dir.exists()
     alive = [pid for pid in pids if Path(f"/proc/{pid}").exists() and
              Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"]
     assert alive == []
-    assert not any(cidr.startswith("198.18.224.") for cidr in netops.addresses())
+    assert not any(cidr.startswith(subnet) for cidr in netops.addresses())
     again = lab_ops.down(settings.prefix)
     assert again.removed == []
