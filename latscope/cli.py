@@ -4,6 +4,7 @@
   latscope lab down [--prefix P | --all]
   latscope lab status [--prefix P]
   latscope headers [--ensure]
+  latscope facts [--no-devices]
   latscope demo
 
 Errors are one line on stderr naming the field, and a non-zero exit.
@@ -89,7 +90,7 @@ def cmd_lab_status(args: argparse.Namespace) -> int:
 
 
 def cmd_headers(args: argparse.Namespace) -> int:
-    from latscope.kernel import headers
+    from ansible_collections.latscope.latscope.plugins.module_utils.kernel import headers
 
     if args.ensure:
         tree, changed = headers.ensure_header_tree()
@@ -98,6 +99,14 @@ def cmd_headers(args: argparse.Namespace) -> int:
     tree = headers.find_header_tree()
     print(json.dumps(tree.as_dict() if tree else None))
     return 0 if tree else EXIT_FAILURE
+
+
+def cmd_facts(args: argparse.Namespace) -> int:
+    from ansible_collections.latscope.latscope.plugins.module_utils.kernel.capabilities import probe_capabilities
+
+    caps = probe_capabilities(with_devices=not args.no_devices)
+    print(json.dumps(caps.as_dict(), indent=2, sort_keys=True))
+    return 0 if caps.hook_profile != "none" else EXIT_FAILURE
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -143,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("headers", help="the kernel header tree BCC compiles against")
     p.add_argument("--ensure", action="store_true", help="build the merged generic tree when missing")
     p.set_defaults(func=cmd_headers)
+
+    p = sub.add_parser("facts", help="probe this host's kernel and print its capabilities and hook profile (JSON)")
+    p.add_argument("--no-devices", action="store_true", help="skip the XDP/tc probes (they use a scratch namespace)")
+    p.set_defaults(func=cmd_facts)
 
     p = sub.add_parser("demo", help="the main job on the local lab")
     _add_lab_options(p)

@@ -3,7 +3,7 @@
 BCC compiles every program against a kernel header tree. It looks in
 ``/lib/modules/$(uname -r)/build`` unless ``BCC_KERNEL_SOURCE`` names another
 tree. Struct layouts never come from these headers (they come from BTF, see
-``latscope.kernel.btf``), so any recent tree serves: when the running kernel
+``btf.py`` beside this file), so any recent tree serves: when the running kernel
 has no header package of its own, we use the distro's generic one.
 
 Debian splits a header package in two directories, an arch part
