@@ -5,6 +5,7 @@
   latscope lab status [--prefix P]
   latscope headers [--ensure]
   latscope facts [--no-devices]
+  latscope observe [--dport P] [--netns PATH] [--seconds S]
   latscope demo
 
 Errors are one line on stderr naming the field, and a non-zero exit.
@@ -109,6 +110,18 @@ def cmd_facts(args: argparse.Namespace) -> int:
     return 0 if caps.hook_profile != "none" else EXIT_FAILURE
 
 
+def cmd_observe(args: argparse.Namespace) -> int:
+    from ansible_collections.latscope.latscope.plugins.module_utils.sampling import FlowFilter, Sampling
+    from latscope.collector.observe import run_observe
+    from latscope.collector.observer import ObserverLimits
+
+    sampling = Sampling.from_dict({"size": args.size, "ports": args.port or []})
+    flow = FlowFilter.from_dict({k: v for k, v in (("src", args.src), ("dst", args.dst), ("sport", args.sport),
+                                                   ("dport", args.dport)) if v is not None})
+    return run_observe(sampling, flow, args.netns or [], args.interface or ["eth0"], args.seconds, args.host,
+                       args.session, ObserverLimits(), print_source=args.print_source)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from latscope.demo import run_demo
 
@@ -156,6 +169,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("facts", help="probe this host's kernel and print its capabilities and hook profile (JSON)")
     p.add_argument("--no-devices", action="store_true", help="skip the XDP/tc probes (they use a scratch namespace)")
     p.set_defaults(func=cmd_facts)
+
+    p = sub.add_parser("observe", help="run the packet observer here and print records as JSON lines",
+                       epilog="example: latscope observe --dport 5201 --netns /run/netns/ls-h1c1 --seconds 10",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", default="65536", help="sampling.size in bytes (default 65536)")
+    p.add_argument("--port", action="append", help="sampling.ports (repeat); default: every port")
+    p.add_argument("--src", help="flow filter: source address or network")
+    p.add_argument("--dst", help="flow filter: destination address or network")
+    p.add_argument("--sport", help="flow filter: source port")
+    p.add_argument("--dport", help="flow filter: destination port")
+    p.add_argument("--netns", action="append", help="also observe this namespace (e.g. /run/netns/NAME)")
+    p.add_argument("--interface", action="append", help="uplink device where TX records end (default eth0)")
+    p.add_argument("--seconds", type=float, default=0, help="stop after this long (default: until SIGINT/SIGTERM)")
+    p.add_argument("--host", default="local", help="host name written into the records")
+    p.add_argument("--session", default="observe", help="session id written into the records")
+    p.add_argument("--print-source", action="store_true", help="print the BPF C and its cflags, load nothing")
+    p.set_defaults(func=cmd_observe)
 
     p = sub.add_parser("demo", help="the main job on the local lab")
     _add_lab_options(p)

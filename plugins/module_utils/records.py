@@ -66,7 +66,7 @@ class Flow:
 
 @dataclass(frozen=True)
 class Stamp:
-    """One layer boundary a packet crossed: when (host clock, ns), where (device, namespace)."""
+    """One layer boundary a packet crossed: when (host clock, ns), where (device, namespace cookie)."""
 
     layer: str
     ts_ns: int
@@ -87,6 +87,7 @@ class PacketRecord:
     stamps: Tuple[Stamp, ...] = field(default_factory=tuple)
     seq: int = 0         # TCP sequence (data) or ack number (ack) of the packet
     length: int = 0      # payload bytes of the skb that carried the key
+    flags: int = 0       # FLAG_REPEAT, FLAG_TRUNCATED
 
     @property
     def first_ns(self) -> int:
@@ -146,24 +147,31 @@ def record_from_dict(raw: Dict[str, Any], prefix: str = "record") -> PacketRecor
             raise InputError(f"{where}.layer", "unknown layer", item[0])
         stamps.append(Stamp(item[0], require_int(f"{where}.ts_ns", item[1], 0, _U64),
                             require_int(f"{where}.ifindex", item[2], 0, _U32),
-                            require_int(f"{where}.netns", item[3], 0, _U32)))
+                            require_int(f"{where}.netns", item[3], 0, _U64)))
     return PacketRecord(session=session, host=host, direction=direction, kind=kind, flow=flow,
                         key=require_int(f"{prefix}.key", raw.get("key"), 0, _U32), stamps=tuple(stamps),
                         seq=require_int(f"{prefix}.seq", raw.get("seq", 0), 0, _U32),
-                        length=require_int(f"{prefix}.length", raw.get("length", 0), 0, _U32))
+                        length=require_int(f"{prefix}.length", raw.get("length", 0), 0, _U32),
+                        flags=require_int(f"{prefix}.flags", raw.get("flags", 0), 0, 255))
 
 
 def record_to_dict(record: PacketRecord) -> Dict[str, Any]:
     """The inverse of ``record_from_dict`` (JSON-able)."""
     return {"session": record.session, "host": record.host, "direction": record.direction, "kind": record.kind,
             "flow": list(record.flow.as_tuple()), "key": record.key, "seq": record.seq, "length": record.length,
+            "flags": record.flags,
             "stamps": [[s.layer, s.ts_ns, s.ifindex, s.netns] for s in record.stamps]}
 
 
 # --- the ring-buffer event (must match struct ls_event in files/bpf/latscope.h) -----------------
 
-EVENT_HEADER = struct.Struct("<IIHHIIIBBBB")   # saddr daddr sport dport key seq len dir kind nstamps flags
-EVENT_STAMP = struct.Struct("<QIIB7x")          # ts ifindex netns layer (padded to 24 bytes)
+EVENT_HEADER = struct.Struct("<IIHHIIIBBBB4x")  # saddr daddr sport dport key seq len dir kind nstamps flags pad
+EVENT_STAMP = struct.Struct("<QQIB3x")           # ts netns(cookie) ifindex layer pad
+FLAG_REPEAT = 1        # the key was completed before: a retransmission or a reuse of the key
+FLAG_TRUNCATED = 2     # more layers than MAX_STAMPS: the later ones were dropped
+# Kernel-side counters, in the order of LS_C_* in files/bpf/latscope.h.
+COUNTERS = ("created", "emitted", "ringbuf_full", "map_full", "keys_truncated", "stamps_overflow",
+            "repeats_skipped", "parse_failed", "xmit_unmatched")
 EVENT_SIZE = EVENT_HEADER.size + MAX_STAMPS * EVENT_STAMP.size
 
 
@@ -175,15 +183,15 @@ def decode_event(data: bytes, session: str, host: str) -> PacketRecord:
     """Turn one ring-buffer event into a record; raise InputError on a malformed event."""
     if len(data) < EVENT_SIZE:
         raise InputError("event", f"is {len(data)} bytes, expected {EVENT_SIZE}")
-    saddr, daddr, sport, dport, key, seq, length, direction, kind, count, _flags = EVENT_HEADER.unpack_from(data)
+    saddr, daddr, sport, dport, key, seq, length, direction, kind, count, flags = EVENT_HEADER.unpack_from(data)
     if direction > 1 or kind > 1 or not 1 <= count <= MAX_STAMPS:
         raise InputError("event", "has an impossible header", (direction, kind, count))
     stamps = []
     for index in range(count):
-        ts_ns, ifindex, netns, layer = EVENT_STAMP.unpack_from(data, EVENT_HEADER.size + index * EVENT_STAMP.size)
+        ts_ns, netns, ifindex, layer = EVENT_STAMP.unpack_from(data, EVENT_HEADER.size + index * EVENT_STAMP.size)
         if layer not in LAYERS:
             raise InputError(f"event.stamps[{index}].layer", "unknown layer id", layer)
         stamps.append(Stamp(LAYERS[layer], ts_ns, ifindex, netns))
     return PacketRecord(session=session, host=host, direction=DIRECTIONS[direction], kind=KINDS[kind],
                         flow=Flow(_addr(saddr), _addr(daddr), sport, dport), key=key,
-                        stamps=tuple(stamps), seq=seq, length=length)
+                        stamps=tuple(stamps), seq=seq, length=length, flags=flags)
