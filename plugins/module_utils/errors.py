@@ -35,7 +35,7 @@ def require_int(field: str, value: Any, minimum: Optional[int] = None,
         raise InputError(field, "must be an integer", value)
     try:
         number = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise InputError(field, "must be an integer", value) from None
     if isinstance(value, float) and value != number:
         raise InputError(field, "must be an integer", value)

@@ -68,7 +68,7 @@ class Sampling:
 
     @classmethod
     def from_dict(cls, raw: Optional[Dict[str, Any]], prefix: str = "sampling") -> "Sampling":
-        raw = dict(raw or {})
+        raw = _mapping(prefix, raw)
         unknown = sorted(set(raw) - {"size", "ports", "interval"})
         if unknown:
             raise InputError(f"{prefix}.{unknown[0]}", "unknown setting; known: interval, ports, size")
@@ -92,6 +92,14 @@ class Sampling:
 
     def as_dict(self) -> Dict[str, Any]:
         return {"size": self.size, "ports": list(self.ports), "interval": self.interval}
+
+
+def _mapping(field_name: str, raw: Any) -> Dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise InputError(field_name, "must be a mapping", type(raw).__name__)
+    return dict(raw)
 
 
 def _address(field_name: str, value: Any) -> Optional[str]:
@@ -121,7 +129,7 @@ class FlowFilter:
 
     @classmethod
     def from_dict(cls, raw: Optional[Dict[str, Any]], prefix: str = "flow") -> "FlowFilter":
-        raw = dict(raw or {})
+        raw = _mapping(prefix, raw)
         unknown = sorted(set(raw) - {"proto", "src", "dst", "sport", "dport"})
         if unknown:
             raise InputError(f"{prefix}.{unknown[0]}", "unknown field; known: dport, dst, proto, sport, src")

@@ -18,7 +18,7 @@ def test_require_int_accepts(value, expected):
 
 @pytest.mark.parametrize("value, fragment", [
     (True, "must be an integer"), ("x", "must be an integer"), (2.5, "must be an integer"),
-    (None, "must be an integer"), (0, "at least 1"), (9, "at most 8"),
+    (None, "must be an integer"), (float("inf"), "must be an integer"), (0, "at least 1"), (9, "at most 8"),
 ])
 def test_require_int_rejects(value, fragment):
     with pytest.raises(InputError) as info:

@@ -85,3 +85,13 @@ def test_bad_flow_filter_names_the_field(raw, field):
     with pytest.raises(InputError) as info:
         FlowFilter.from_dict(raw)
     assert info.value.field == field
+
+
+@pytest.mark.parametrize("raw", [[1, 2], "size=5", 7])
+def test_settings_that_are_not_mappings_name_the_block(raw):
+    with pytest.raises(InputError) as info:
+        Sampling.from_dict(raw)
+    assert info.value.field == "sampling"
+    with pytest.raises(InputError) as info:
+        FlowFilter.from_dict(raw)
+    assert info.value.field == "flow"
