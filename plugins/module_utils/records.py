@@ -143,7 +143,7 @@ def record_from_dict(raw: Dict[str, Any], prefix: str = "record") -> PacketRecor
         where = f"{prefix}.stamps[{index}]"
         if not isinstance(item, (list, tuple)) or len(item) != 4:
             raise InputError(where, "must be [layer, ts_ns, ifindex, netns]", item)
-        if item[0] not in LAYER_IDS:
+        if not isinstance(item[0], str) or item[0] not in LAYER_IDS:
             raise InputError(f"{where}.layer", "unknown layer", item[0])
         stamps.append(Stamp(item[0], require_int(f"{where}.ts_ns", item[1], 0, _U64),
                             require_int(f"{where}.ifindex", item[2], 0, _U32),
