@@ -6,6 +6,7 @@
   latscope headers [--ensure]
   latscope facts [--no-devices]
   latscope observe [--dport P] [--netns PATH] [--seconds S]
+  latscope collector [--config FILE] [--check]
   latscope demo
 
 Errors are one line on stderr naming the field, and a non-zero exit.
@@ -122,6 +123,23 @@ def cmd_observe(args: argparse.Namespace) -> int:
                        args.session, ObserverLimits(), print_source=args.print_source)
 
 
+def cmd_collector(args: argparse.Namespace) -> int:
+    import logging
+    from pathlib import Path
+
+    from latscope.collector.config import load_config
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = load_config(Path(args.config))
+    if args.check:
+        print(f"{args.config}: valid (host {config.host})")
+        return 0
+    from latscope.collector.daemon import run_daemon
+
+    return run_daemon(config)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from latscope.demo import run_demo
 
@@ -186,6 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--session", default="observe", help="session id written into the records")
     p.add_argument("--print-source", action="store_true", help="print the BPF C and its cflags, load nothing")
     p.set_defaults(func=cmd_observe)
+
+    p = sub.add_parser("collector", help="run the collector daemon in the foreground")
+    p.add_argument("--config", default="/etc/latscope/collector.yml", help="its configuration file")
+    p.add_argument("--check", action="store_true", help="validate the configuration and exit")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.set_defaults(func=cmd_collector)
 
     p = sub.add_parser("demo", help="the main job on the local lab")
     _add_lab_options(p)
