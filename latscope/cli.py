@@ -7,6 +7,7 @@
   latscope facts [--no-devices]
   latscope observe [--dport P] [--netns PATH] [--seconds S]
   latscope collector [--config FILE] [--check]
+  latscope schema migrate|version [--config FILE]
   latscope demo
 
 Errors are one line on stderr naming the field, and a non-zero exit.
@@ -140,6 +141,31 @@ def cmd_collector(args: argparse.Namespace) -> int:
     return run_daemon(config)
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import pymysql
+
+    from ansible_collections.latscope.latscope.plugins.module_utils.schema import MIGRATIONS, migrate, schema_version
+    from latscope.collector.config import load_config
+
+    mysql = load_config(Path(args.config)).mysql
+    try:
+        conn = pymysql.connect(host=mysql.host, port=mysql.port, user=mysql.user, password=mysql.password,
+                               database=mysql.database, connect_timeout=10)
+    except pymysql.MySQLError as exc:
+        raise InputError("mysql", f"cannot connect to {mysql.host}:{mysql.port} as {mysql.user} ({exc.args[-1]})") \
+            from None
+    with conn:
+        if args.action == "migrate":
+            applied = migrate(conn)
+            print(json.dumps({"changed": bool(applied), "applied": applied, "version": schema_version(conn)}))
+        else:
+            version = schema_version(conn)
+            print(json.dumps({"version": version, "latest": MIGRATIONS[-1].version}))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from latscope.demo import run_demo
 
@@ -210,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="validate the configuration and exit")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=cmd_collector)
+
+    p = sub.add_parser("schema", help="create or check the raw tables (needs CREATE on the database)")
+    p.add_argument("action", choices=("migrate", "version"))
+    p.add_argument("--config", default="/etc/latscope/collector.yml", help="a config file with a mysql section")
+    p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser("demo", help="the main job on the local lab")
     _add_lab_options(p)

@@ -21,7 +21,6 @@ import yaml
 
 from ansible_collections.latscope.latscope.plugins.module_utils.control import Controller, RedisSettings, connect
 from ansible_collections.latscope.latscope.plugins.module_utils.kernel import mounts as kernel_mounts
-from ansible_collections.latscope.latscope.plugins.module_utils.schema import migrate
 from latscope.lab import lab as lab_ops
 from latscope.lab.services import running_pid
 
@@ -102,8 +101,6 @@ def fleet(lab, lab_secrets, tmp_path_factory):
     manager = plan.manager.address
     db = {"host": manager, "port": 3306, "user": "latscope", "password": lab_secrets["latscope_mysql_password"],
           "database": "latscope"}
-    with pymysql.connect(**db) as conn:
-        migrate(conn)
     secret_dir = tmp / "secrets"
     secret_dir.mkdir(mode=0o700)
     (secret_dir / "redis").write_text(lab_secrets["latscope_redis_password"])
@@ -118,6 +115,10 @@ def fleet(lab, lab_secrets, tmp_path_factory):
                   "state_dir": str(tmp / name), "heartbeat_interval_s": 0.5}
         path = tmp / f"{name}.yml"
         path.write_text(yaml.safe_dump(config))
+        migrated = subprocess.run([sys.executable, "-m", "latscope", "schema", "migrate", "--config", str(path)],
+                                  capture_output=True, text=True, check=False)
+        assert migrated.returncode == 0, migrated.stderr
+        assert json.loads(migrated.stdout)["version"] >= 1
         daemons[name] = Daemon(node.netns, path, tmp / f"{name}.log")
         daemons[name].start()
     client = connect(RedisSettings(host=manager, password=lab_secrets["latscope_redis_password"]))
