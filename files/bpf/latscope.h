@@ -83,6 +83,7 @@ struct ls_event {
     __u8  flags;
     __u32 pad;
     struct ls_stamp stamps[LS_MAX_STAMPS];
+    __u64 claimed;    /* set (atomically) by the one hook that completes the entry */
 };
 
 /* Settings a session writes into the config map; the programs never need recompiling. */

@@ -173,6 +173,9 @@ static __always_inline __u32 ack_key(__u32 ack, __u32 size)
 /* Append a stamp to an entry, once per (layer, device); complete it when `finish`. */
 static __always_inline void emit(struct ls_key *k, struct ls_event *e)
 {
+    /* Two CPUs can complete the same entry at once (the same key on two packets): one wins. */
+    if (__sync_val_compare_and_swap(&e->claimed, 0, 1) != 0)
+        return;
     __u64 now = e->stamps[0].ts;
     if (ls_events.ringbuf_output(e, sizeof(*e), 0))
         count(LS_C_RINGBUF_FULL);
@@ -504,23 +507,27 @@ int ls_sock_ops(struct bpf_sock_ops *ctx)
     struct ls_config *cfg = config();
     if (!cfg || ctx->family != 2 /* AF_INET */)
         return 1;
+    if (ctx->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && ctx->op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB &&
+        ctx->op != BPF_SOCK_OPS_HDR_OPT_LEN_CB)
+        return 1;
+    if (ctx->op == BPF_SOCK_OPS_HDR_OPT_LEN_CB && ctx->skb_len == 0 && ctx->skb_tcp_flags == 0)
+        return 1;  /* tcp_current_mss asking with no skb */
+    /* Another collector on this kernel may have asked for these callbacks: only our sockets count. */
+    if (!in_scope(bpf_get_netns_cookie(ctx)))
+        return 1;
+    struct ls_pkt p = {};
+    p.saddr = ctx->local_ip4;
+    p.daddr = ctx->remote_ip4;
+    p.sport = ctx->local_port;
+    p.dport = bpf_ntohl(ctx->remote_port);
+    if (!selected(cfg, &p))
+        return 1;
     switch (ctx->op) {
     case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
-    case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: {
-        if (!in_scope(bpf_get_netns_cookie(ctx)))
-            return 1;
-        struct ls_pkt p = {};
-        p.saddr = ctx->local_ip4;
-        p.daddr = ctx->remote_ip4;
-        p.sport = ctx->local_port;
-        p.dport = bpf_ntohl(ctx->remote_port);
-        if (selected(cfg, &p))
-            bpf_sock_ops_cb_flags_set(ctx, ctx->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
+    case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+        bpf_sock_ops_cb_flags_set(ctx, ctx->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
         return 1;
-    }
     case BPF_SOCK_OPS_HDR_OPT_LEN_CB: {
-        if (ctx->skb_len == 0 && ctx->skb_tcp_flags == 0)
-            return 1;  /* tcp_current_mss asking with no skb */
         __u64 cookie = bpf_get_socket_cookie(ctx);
         __u64 now = bpf_ktime_get_ns();
         if (ls_xmit.lookup(&cookie))

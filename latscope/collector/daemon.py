@@ -100,8 +100,8 @@ class Collector:
     def _finish(self) -> dict[str, int]:
         """Detach, drain, publish the final counters; the session is over."""
         self.observer.disable()
+        self.observer.detach()     # waits for programs in flight: nothing is emitted after this
         self.observer.poll(0)
-        self.observer.detach()
         counters = self.counters()
         if self.run is not None:
             self.shipper.add_counters(self.run.command.session, self.config.host, counters, time.monotonic_ns())

@@ -172,7 +172,8 @@ FLAG_TRUNCATED = 2     # more layers than MAX_STAMPS: the later ones were droppe
 # Kernel-side counters, in the order of LS_C_* in files/bpf/latscope.h.
 COUNTERS = ("created", "emitted", "ringbuf_full", "map_full", "keys_truncated", "stamps_overflow",
             "repeats_skipped", "parse_failed", "xmit_unmatched")
-EVENT_SIZE = EVENT_HEADER.size + MAX_STAMPS * EVENT_STAMP.size
+EVENT_TRAILER = 8                                # u64 claimed: the kernel side's completion flag
+EVENT_SIZE = EVENT_HEADER.size + MAX_STAMPS * EVENT_STAMP.size + EVENT_TRAILER
 
 
 def _addr(value: int) -> str:
