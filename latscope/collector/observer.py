@@ -107,8 +107,12 @@ def _net(value: str | None) -> tuple[int, int]:
     if not value:
         return 0, 0
     network = ipaddress.IPv4Network(value)
-    pack = lambda address: int.from_bytes(int(address).to_bytes(4, "big"), "little")  # noqa: E731
-    return pack(network.network_address), pack(network.netmask)
+    return _as_loaded(network.network_address), _as_loaded(network.netmask)
+
+
+def _as_loaded(address: ipaddress.IPv4Address) -> int:
+    """The u32 the BPF side compares: the address's network-order bytes read as a little-endian int."""
+    return int.from_bytes(int(address).to_bytes(4, "big"), "little")
 
 
 def compile_source(limits: ObserverLimits, btf: Btf | None = None) -> tuple[str, list[str]]:
@@ -209,7 +213,7 @@ class Observer:
 
     @property
     def attached(self) -> list[str]:
-        return list(self._raw_attached) + [name for name, _ in CGROUP_PROGRAMS[:len(self._links)]]
+        return list(self._raw_attached) + [program[0] for program in CGROUP_PROGRAMS[:len(self._links)]]
 
     def detach(self) -> None:
         for link in self._links:

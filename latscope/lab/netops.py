@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from typing import Any, Sequence
 
 
@@ -50,6 +51,16 @@ def routes(netns: str | None = None) -> list[dict[str, Any]]:
 def netns_pids(netns: str) -> list[int]:
     out = run(["ip", "netns", "pids", netns], check=False).stdout.split()
     return [int(pid) for pid in out if pid.isdigit()]
+
+
+def wait_listening(netns: str, address: str, port: int, timeout: float = 10.0) -> None:
+    """Return once a TCP socket listens on ``address:port`` in ``netns``; raise after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if run(["ss", "-Hltn", f"src {address}:{port}"], netns=netns, check=False).stdout.strip():
+            return
+        time.sleep(0.05)
+    raise CommandError(f"nothing listens on {address}:{port} in {netns} after {timeout:.0f}s")
 
 
 def ensure_link_up(name: str, netns: str | None = None) -> bool:

@@ -17,7 +17,7 @@ import hashlib
 import ipaddress
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 from ansible_collections.latscope.latscope.plugins.module_utils.errors import InputError, require_int
 

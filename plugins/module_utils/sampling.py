@@ -146,7 +146,9 @@ class FlowFilter:
 
     def matches(self, saddr: str, daddr: str, sport: int, dport: int) -> bool:
         """True if the packet (either direction of the flow) is selected."""
-        return self._one_way(saddr, daddr, sport, dport) or self._one_way(daddr, saddr, dport, sport)
+        forward = self._one_way(saddr, daddr, sport, dport)
+        reply_src, reply_dst, reply_sport, reply_dport = daddr, saddr, dport, sport
+        return forward or self._one_way(reply_src, reply_dst, reply_sport, reply_dport)
 
     def _one_way(self, saddr: str, daddr: str, sport: int, dport: int) -> bool:
         if self.src and ipaddress.IPv4Address(saddr) not in ipaddress.IPv4Network(self.src):

@@ -22,6 +22,7 @@ import yaml
 from ansible_collections.latscope.latscope.plugins.module_utils.control import Controller, RedisSettings, connect
 from ansible_collections.latscope.latscope.plugins.module_utils.kernel import mounts as kernel_mounts
 from latscope.lab import lab as lab_ops
+from latscope.lab.netops import wait_listening
 from latscope.lab.services import running_pid
 
 pytestmark = pytest.mark.lab
@@ -136,9 +137,7 @@ def _iperf(plan, client_node: str, seconds: int = 2, rate: str = "1G") -> None:
     server = subprocess.Popen(["ip", "netns", "exec", server_node.netns, "iperf3", "-s", "-1", "-B",
                                server_node.address, "-p", str(PORT)], stdout=subprocess.DEVNULL)
     try:
-        _await(lambda: subprocess.run(["ip", "netns", "exec", server_node.netns, "ss", "-Hltn",
-                                       f"src {server_node.address}:{PORT}"], capture_output=True, text=True,
-                                      check=False).stdout.strip(), "iperf3 server", 10)
+        wait_listening(server_node.netns, server_node.address, PORT)
         client = subprocess.run(["ip", "netns", "exec", plan.node(client_node).netns, "iperf3", "-c",
                                  server_node.address, "-p", str(PORT), "-t", str(seconds), "-b", rate],
                                 capture_output=True, text=True, timeout=60, check=False)
@@ -178,7 +177,7 @@ def test_session_through_redis_stores_every_record_despite_a_database_outage(fle
         assert counters["emitted"] > 100, (host, counters)
         assert counters["store_spooled_records"] > 0, (host, counters)
     expected = {h: results[h].counters["emitted"] - results[h].counters.get("store_spool_dropped", 0) for h in hosts}
-    rows = _await(lambda: (lambda r: r if r == expected else None)(_rows(db, "outage1")),
+    rows = _await(lambda: _rows(db, "outage1") == expected and _rows(db, "outage1"),
                   f"rows to equal the records ({expected})", 90, 0.5)
     print(f"stored rows per host after a 30 s MariaDB outage: {rows} (records {expected})")
 

@@ -6,74 +6,19 @@ namespace; host1 observes its own and its container's), as the collector would.
 
 from __future__ import annotations
 
-import json
-import select
-import signal
-import socket
 import subprocess
-import sys
-import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
-from ansible_collections.latscope.latscope.plugins.module_utils.records import (
-    FLAG_REPEAT, DEVICE_LAYERS, PacketRecord, record_from_dict)
+from ansible_collections.latscope.latscope.plugins.module_utils.records import DEVICE_LAYERS, FLAG_REPEAT
+from latscope.demo import ObserverProcess
+from latscope.lab.netops import wait_listening
 
 pytestmark = pytest.mark.lab
 
-VENV_PYTHON = str(Path(sys.executable))
 SAMPLE_SIZE = 72400          # the seed's value: not a power of two
 PORT_HOST, PORT_CONTAINER = 5201, 5202
-
-
-def _wait_listening(netns: str, address: str, port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        out = subprocess.run(["ip", "netns", "exec", netns, "ss", "-Hltn", f"src {address}:{port}"],
-                             capture_output=True, text=True, check=False).stdout
-        if out.strip():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"nothing listens on {address}:{port} in {netns}")
-
-
-class ObserverProcess:
-    """``latscope observe`` inside a namespace, its records in a file."""
-
-    def __init__(self, netns: str, host: str, out: Path, extra: list[str]) -> None:
-        self.out = out
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", netns, VENV_PYTHON, "-m", "latscope", "observe", "--size", str(SAMPLE_SIZE),
-             "--port", str(PORT_HOST), "--port", str(PORT_CONTAINER), "--host", host, "--seconds", "120", *extra],
-            stdout=out.open("w"), stderr=subprocess.PIPE, text=True)
-        self.stderr: list[str] = []
-
-    def wait_attached(self, timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stderr], [], [], 0.5)
-            if ready:
-                line = self.proc.stderr.readline()
-                if not line and self.proc.poll() is not None:
-                    break
-                self.stderr.append(line)
-                if line.startswith("attached"):
-                    return
-        raise AssertionError("observer did not attach: " + "".join(self.stderr)[-2000:])
-
-    def stop(self) -> dict:
-        self.proc.send_signal(signal.SIGTERM)
-        _, rest = self.proc.communicate(timeout=60)
-        self.stderr.append(rest)
-        assert self.proc.returncode == 0, "".join(self.stderr)[-2000:]
-        summary = [json.loads(line) for line in "".join(self.stderr).splitlines() if line.startswith('{"counters"')]
-        assert summary, "".join(self.stderr)[-2000:]
-        return summary[-1]["counters"]
-
-    def records(self) -> list[PacketRecord]:
-        return [record_from_dict(json.loads(line)) for line in self.out.read_text().splitlines() if line]
 
 
 @pytest.fixture(scope="module")
@@ -85,15 +30,17 @@ def observed_flows(lab, tmp_path_factory):
     servers = [subprocess.Popen(["ip", "netns", "exec", host2.netns, "iperf3", "-s", "-1", "-B", host2.address,
                                  "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                for port in (PORT_HOST, PORT_CONTAINER)]
+    args = ["--size", str(SAMPLE_SIZE), "--port", str(PORT_HOST), "--port", str(PORT_CONTAINER), "--seconds", "120"]
     observers = {
-        "host1": ObserverProcess(host1.netns, "host1", tmp / "host1.jsonl", ["--netns", f"/run/netns/{container.netns}"]),
-        "host2": ObserverProcess(host2.netns, "host2", tmp / "host2.jsonl", []),
+        "host1": ObserverProcess(host1.netns, "host1", tmp / "host1.jsonl",
+                                 args + ["--netns", f"/run/netns/{container.netns}"]),
+        "host2": ObserverProcess(host2.netns, "host2", tmp / "host2.jsonl", args),
     }
     try:
         for observer in observers.values():
             observer.wait_attached()
         for port in (PORT_HOST, PORT_CONTAINER):
-            _wait_listening(host2.netns, host2.address, port)
+            wait_listening(host2.netns, host2.address, port)
         for netns, port in ((host1.netns, PORT_HOST), (container.netns, PORT_CONTAINER)):
             client = subprocess.run(["ip", "netns", "exec", netns, "iperf3", "-c", host2.address, "-p", str(port),
                                      "-t", "2", "-b", "2G", "-J"], capture_output=True, text=True, timeout=60,
@@ -139,8 +86,8 @@ def test_every_record_has_ordered_stamps_through_every_layer(observed_flows):
     host1 = observed_flows["plan"].node("host1").address   # the host flow: no container hops
     tx_layers = Counter(tuple(dict.fromkeys(s.layer for s in r.stamps)) for r in _data(records, "tx", host1))
     rx_layers = Counter(tuple(dict.fromkeys(s.layer for s in r.stamps)) for r in _data(records, "rx", host1))
-    common_tx, _ = tx_layers.most_common(1)[0]
-    common_rx, _ = rx_layers.most_common(1)[0]
+    common_tx = tx_layers.most_common(1)[0][0]
+    common_rx = rx_layers.most_common(1)[0][0]
     assert common_tx[:3] == ("app_send", "tcp_xmit", "ip_out") and common_tx[-1] == "dev_xmit", tx_layers
     assert common_rx[0] == "dev_rx" and common_rx[-2:] == ("app_copy", "app_recv"), rx_layers
 

@@ -220,10 +220,10 @@ class Btf:
 
     def strip(self, type_id: int) -> int:
         """Follow typedefs and qualifiers to the underlying type id."""
-        for _ in range(MAX_TYPE_DEPTH):
+        for depth in range(MAX_TYPE_DEPTH):  # pylint: disable=unused-variable
             if type_id == 0:
                 return 0
-            _, kind, _, _, target = self._raw(type_id)
+            kind, target = self._raw(type_id)[1], self._raw(type_id)[4]
             if kind not in TRANSPARENT_KINDS:
                 return type_id
             type_id = target
@@ -235,13 +235,13 @@ class Btf:
         resolved = self.strip(type_id)
         if resolved == 0:
             raise BtfFieldError(f"type id {type_id} is void and has no size")
-        _, kind, _, _, size_or_type = self._raw(resolved)
+        kind, size_or_type = self._raw(resolved)[1], self._raw(resolved)[4]
         if kind in SIZED_KINDS:
             return size_or_type
         if kind == KIND_PTR:
             return self.pointer_size
         if kind == KIND_ARRAY:
-            elem, _, nelems = self._array.unpack_from(
+            elem, _index_type, nelems = self._array.unpack_from(
                 self._data, self._type_starts[resolved] + TYPE_HEADER_LEN)
             return nelems * self.type_size(elem) if nelems else 0
         raise BtfFieldError(f"type id {resolved} ({KIND_NAMES.get(kind, kind)} "
@@ -264,13 +264,13 @@ class Btf:
         cached = self._members.get(type_id)
         if cached is not None:
             return cached
-        _, kind, vlen, kind_flag, _ = self._raw(type_id)
+        kind, vlen, kind_flag = self._raw(type_id)[1:4]
         if kind not in COMPOSITE_KINDS:
             raise BtfFieldError(f"type id {type_id} ('{self.name(type_id)}') is a "
                                 f"{KIND_NAMES.get(kind, kind)}, not a struct or union")
         result: list[Member] = []
         pos = self._type_starts[type_id] + TYPE_HEADER_LEN
-        for _ in range(vlen):
+        for index in range(vlen):  # pylint: disable=unused-variable
             name_off, member_type, offset = self._member_entry.unpack_from(self._data, pos)
             pos += 12
             if kind_flag:
@@ -413,7 +413,7 @@ class Btf:
               allow_bitfield: bool = False) -> Field:
         """Resolve ``struct_name`` + dotted ``path`` (or one "struct.a.b" string)."""
         if path is None:
-            struct_name, _, path = struct_name.partition(".")
+            struct_name, path = (struct_name.split(".", 1) + [""])[:2]
         if not struct_name or not path:
             raise BtfFieldError(f"field path '{struct_name}.{path or ''}' must name a struct and "
                                 f"at least one member", struct_name=struct_name,
@@ -448,7 +448,9 @@ class Btf:
             relative, member = found
             bit_offset += relative
             walked.append(part)
-        assert member is not None
+        if member is None:
+            raise BtfFieldError(f"field path '{struct_name}.{path}' names no member", struct_name=struct_name,
+                                field_path=path)
         resolved = self.strip(member.type_id)
         kind_name = KIND_NAMES.get(self.kind(resolved), "?")
         if member.bitfield_size:

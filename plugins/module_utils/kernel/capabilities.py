@@ -395,7 +395,8 @@ def probe_kprobe(bpf: Bpf, tracefs_dir: Path | None) -> None:
     if events is None or not events.exists():
         raise ProbeError("kernel has no kprobe PMU (/sys/bus/event_source/devices/kprobe) "
                          "and no kprobe_events in tracefs (CONFIG_KPROBE_EVENTS off)")
-    assert tracefs_dir is not None
+    if tracefs_dir is None:
+        raise ProbeError("tracefs is not mounted")
     event = f"latscope_cap_{os.getpid()}"
     try:
         with events.open("a") as out:
@@ -544,7 +545,7 @@ def _tc_bpf_filter(nl: socket.socket, ifindex: int, prog: int) -> None:
 
 def _run(argv: list[str]) -> None:
     try:
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=IP_TIMEOUT_S)
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=IP_TIMEOUT_S, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ProbeError(f"'{' '.join(argv)}' failed: {exc}") from exc
     if result.returncode != 0:
@@ -573,7 +574,7 @@ class ScratchNetns:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        subprocess.run(["ip", "netns", "del", self.name], capture_output=True,
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True, check=False,
                        timeout=IP_TIMEOUT_S)
 
     def run_inside(self, work: Callable[[int], None]) -> None:

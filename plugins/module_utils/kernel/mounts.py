@@ -95,7 +95,7 @@ def read_mounts(mountinfo: Path = MOUNTINFO) -> list[MountEntry]:
 def _mount(fs_type: str, target: Path) -> None:
     target.mkdir(parents=True, exist_ok=True)
     try:
-        result = subprocess.run(["mount", "-t", fs_type, fs_type, str(target)],
+        result = subprocess.run(["mount", "-t", fs_type, fs_type, str(target)], check=False,
                                 capture_output=True, text=True, timeout=MOUNT_TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise KernelMountError(f"cannot mount {fs_type} at {target}: {exc}") from exc

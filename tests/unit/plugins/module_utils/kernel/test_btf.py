@@ -130,7 +130,7 @@ def btf() -> Btf:
 def test_offsets(btf, path, offset, size):
     field = btf.field(path)
     assert (field.offset, field.size) == (offset, size)
-    struct_name, _, rest = path.partition(".")
+    struct_name, rest = (path.split(".", 1) + [""])[:2]
     assert btf.member_offset(struct_name, rest) == offset
 
 
