@@ -214,3 +214,92 @@ def test_kill_9_leaves_nothing_attached_and_a_restart_resumes(fleet):
     _await(lambda: not _existing_links(links), "detach on stop", 10)
     assert daemons["host1"].stop() == 0
     daemons["host1"].start()
+
+
+SESSION_PLAY = """
+- name: Drive a session with the collection's modules
+  hosts: manager
+  gather_facts: false
+  vars:
+    redis: &redis
+      redis_host: "{{ latscope_manager_address }}"
+      redis_password: "{{ latscope_redis_password }}"
+  tasks:
+    - name: Start
+      latscope.latscope.latscope_session:
+        <<: *redis
+        hosts: [host1, host2]
+        session: mod1
+        flow: {dport: %(port)d}
+        sampling: {size: 72400, interval: 0.5}
+      delegate_to: localhost
+      register: __start
+    - name: Start again
+      latscope.latscope.latscope_session:
+        <<: *redis
+        hosts: [host1, host2]
+        session: mod1
+        flow: {dport: %(port)d}
+        sampling: {size: 72400, interval: 0.5}
+      delegate_to: localhost
+      register: __again
+    - name: Stop, in check mode
+      latscope.latscope.latscope_session:
+        <<: *redis
+        hosts: [host1, host2]
+        session: mod1
+        state: stopped
+      delegate_to: localhost
+      check_mode: true
+      register: __check
+    - name: Stop
+      latscope.latscope.latscope_session:
+        <<: *redis
+        hosts: [host1, host2]
+        session: mod1
+        state: stopped
+      delegate_to: localhost
+      register: __stop
+    - name: Results
+      latscope.latscope.latscope_results:
+        <<: *redis
+        session: mod1
+        hosts: [host1, host2]
+      delegate_to: localhost
+      register: __results
+    - name: Results of a host that never ran it
+      latscope.latscope.latscope_results:
+        <<: *redis
+        session: mod1
+        hosts: [host1, host2-c1]
+      delegate_to: localhost
+      register: __missing
+      ignore_errors: true
+    - name: What happened
+      ansible.builtin.assert:
+        that:
+          - __start is changed and __start.changed_hosts == ['host1', 'host2']
+          - __start.hosts.host1.state.state == 'running'
+          - __again is not changed
+          - __check is changed and __check.changed_hosts == ['host1', 'host2']
+          - __stop is changed
+          - __results.hosts | length == 2 and __results.totals.emitted is defined
+          - __missing is failed and 'host2-c1' in __missing.msg
+"""
+
+
+def test_the_modules_drive_sessions_idempotently_without_leaking_secrets(fleet, lab, lab_secrets, tmp_path):
+    _await(lambda: all(beat is not None for beat in fleet["controller"].alive(["host1", "host2"]).values()),
+           "heartbeats", 30)
+    playbook = tmp_path / "session.yml"
+    playbook.write_text(SESSION_PLAY % {"port": PORT})
+    env = dict(os.environ, ANSIBLE_CONFIG=str(Path(__file__).resolve().parents[2] / "ansible.cfg"))
+    proc = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(lab.files.inventory_dir),
+                           str(playbook), "-vvv"], capture_output=True, text=True, env=env, timeout=300, check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    for secret in lab_secrets.values():
+        assert secret not in output
+    # the states the daemons report agree with what the modules said
+    states = fleet["controller"].host_states(["host1", "host2"])
+    assert all(state.get("state") == "idle" for state in states.values()), states

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from ansible_collections.latscope.latscope.plugins.module_utils.errors import InputError
-from latscope.demo import ansible_ping
+from latscope.demo import ansible_env, ansible_ping
 from latscope.lab import lab as lab_ops
 from latscope.lab import netops
 from latscope.lab.settings import LabSettings, plan
@@ -153,3 +154,15 @@ def test_down_removes_everything_and_is_idempotent(lab_slot):
     assert not any(cidr.startswith(subnet) for cidr in netops.addresses())
     again = lab_ops.down(settings.prefix)
     assert again.removed == []
+
+
+def test_latscope_facts_module_runs_on_a_lab_host_over_ssh(lab):
+    """The module and its module_utils (kernel/ subpackage) travel through AnsiballZ and probe the host."""
+    proc = subprocess.run([str(Path(sys.executable).parent / "ansible"), "host1", "-i", str(lab.files.inventory_dir),
+                           "-m", "latscope.latscope.latscope_facts", "-a", "devices=false", "-o"],
+                          capture_output=True, text=True, env=ansible_env(), timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    payload = json.loads(proc.stdout.split(" => ", 1)[1])
+    facts = payload["ansible_facts"]["latscope"]
+    assert payload["changed"] is False
+    assert facts["hook_profile"] == "tracepoint" and facts["btf"] is True and facts["kprobes"] is False
