@@ -8,6 +8,7 @@
   latscope observe [--dport P] [--netns PATH] [--seconds S]
   latscope collector [--config FILE] [--check]
   latscope schema migrate|version [--config FILE]
+  latscope supervise start|stop|status --pidfile P [--log L -- COMMAND...]
   latscope demo
 
 Errors are one line on stderr naming the field, and a non-zero exit.
@@ -249,6 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["supervise"]:
+        from latscope.supervise import main as supervise_main
+
+        return supervise_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -21,6 +21,7 @@ import platform
 import re
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,15 +103,26 @@ def ensure_header_tree(release: str | None = None, root: Path = HEADER_ROOT,
     if common is None:
         return HeaderTree(arch_dir, "generic"), False
     merged = root / arch_dir.name
-    staging = root / (arch_dir.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.parent.mkdir(parents=True, exist_ok=True)
-    # Links, not copies: the packages stay the single owner of the files.
-    subprocess.run(["cp", "-rs", str(common), str(staging)], check=True)
-    subprocess.run(["cp", "-rs", "--remove-destination", f"{arch_dir}/.", str(staging)], check=True)
-    (staging / ".complete").write_text(f"{common}\n{arch_dir}\n")
-    shutil.rmtree(merged, ignore_errors=True)
-    staging.rename(merged)
+    root.mkdir(parents=True, exist_ok=True)
+    # A private staging directory, renamed into place: several collectors on one machine (the lab's
+    # hosts share a filesystem) may build at once, and the first complete tree wins.
+    staging = Path(tempfile.mkdtemp(prefix=arch_dir.name + ".", suffix=".partial", dir=root)) / "tree"
+    try:
+        # Links, not copies: the packages stay the single owner of the files.
+        subprocess.run(["cp", "-rs", str(common), str(staging)], check=True)
+        subprocess.run(["cp", "-rs", "--remove-destination", f"{arch_dir}/.", str(staging)], check=True)
+        (staging / ".complete").write_text(f"{common}\n{arch_dir}\n")
+        if (merged / ".complete").exists():
+            return HeaderTree(merged, "merged-generic"), False
+        shutil.rmtree(merged, ignore_errors=True)
+        try:
+            staging.rename(merged)
+        except OSError:
+            if not (merged / ".complete").exists():
+                raise
+            return HeaderTree(merged, "merged-generic"), False
+    finally:
+        shutil.rmtree(staging.parent, ignore_errors=True)
     return HeaderTree(merged, "merged-generic"), True
 
 
