@@ -55,6 +55,17 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   changed+=(pip)
 fi
 
+# --- wheels of the collector's requirements, for lab hosts (no route to a package index) ---------
+wheelhouse="$venv/wheelhouse"
+if [ "$(cat "$wheelhouse/.requirements.sha256" 2>/dev/null)" != "$want" ]; then
+  say "downloading the collector's wheels for the lab"
+  rm -rf "$wheelhouse"
+  "$venv/bin/python" -m pip download -q --disable-pip-version-check --only-binary=:all: \
+    -r "$repo/requirements/collector.txt" -d "$wheelhouse"
+  echo "$want" >"$wheelhouse/.requirements.sha256"
+  changed+=(wheelhouse)
+fi
+
 # --- ansible-test, in a venv of its own: its sanity tests pin their own tool versions --------
 sanity_venv="$venv/ansible-test"
 core_pin=$(grep -m1 '^ansible-core==' "$repo/requirements/dev.txt")

@@ -19,6 +19,7 @@ REDIS_PORT = 6379
 MYSQL_PORT = 3306
 MYSQL_DATABASE = "latscope"
 MYSQL_USER = "latscope"
+WHEELHOUSE = Path(__file__).resolve().parents[2] / ".venv" / "wheelhouse"
 
 
 @dataclass(frozen=True)
@@ -60,10 +61,17 @@ class LabFiles:
         return self.root / "run"
 
 
-def _host_vars(node: Node) -> dict[str, Any]:
-    entry: dict[str, Any] = {"ansible_host": node.address, "latscope_netns": node.netns}
+def _host_vars(node: Node, files: LabFiles) -> dict[str, Any]:
+    entry: dict[str, Any] = {"ansible_host": node.address, "latscope_netns": node.netns,
+                             "latscope_netns_path": f"/run/netns/{node.netns}"}
+    # Lab hosts share this machine's filesystem: each gets its own root for what the roles write.
+    root = str(files.root / "hosts" / node.name)
     if node.kind == "container":
         entry["latscope_container_host"] = node.parent
+    elif node.kind == "manager":
+        entry["manager_root"] = root
+    else:
+        entry.update(observer_root=root, observer_interfaces=[node.uplink])
     if node.containers:
         entry["latscope_containers"] = list(node.containers)
     return entry
@@ -84,14 +92,16 @@ def build_inventory(lab: LabPlan, files: LabFiles) -> dict[str, Any]:
         "latscope_mysql_port": MYSQL_PORT,
         "latscope_mysql_database": MYSQL_DATABASE,
         "latscope_mysql_user": MYSQL_USER,
+        # Lab hosts have no route to a package index: the roles install the collector's wheels from here.
+        "latscope_wheelhouse": str(WHEELHOUSE),
     }
     return {
         "all": {
             "vars": common,
             "children": {
-                "latscope_manager": {"hosts": {lab.manager.name: _host_vars(lab.manager)}},
-                "bare_metal": {"hosts": {n.name: _host_vars(n) for n in lab.hosts}},
-                "containers": {"hosts": {n.name: _host_vars(n) for n in lab.containers}},
+                "latscope_manager": {"hosts": {lab.manager.name: _host_vars(lab.manager, files)}},
+                "bare_metal": {"hosts": {n.name: _host_vars(n, files) for n in lab.hosts}},
+                "containers": {"hosts": {n.name: _host_vars(n, files) for n in lab.containers}},
             },
         }
     }

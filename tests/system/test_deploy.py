@@ -1,0 +1,123 @@
+"""deploy.yml, a session through the modules, and teardown.yml, over real SSH on the lab."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pymysql
+import pytest
+
+from ansible_collections.latscope.latscope.plugins.module_utils.control import Controller, RedisSettings, connect
+from latscope.demo import ansible_env
+from latscope.lab.netops import wait_listening
+
+pytestmark = pytest.mark.lab
+
+REPO = Path(__file__).resolve().parents[2]
+PLAYBOOK = str(Path(sys.executable).parent / "ansible-playbook")
+
+
+def _play(lab, playbook: str, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([PLAYBOOK, "-i", str(lab.files.inventory_dir), str(REPO / "playbooks" / playbook), *extra],
+                          capture_output=True, text=True, env=ansible_env(), timeout=1200, check=False)
+
+
+def _recap(output: str) -> dict[str, dict[str, int]]:
+    recap = {}
+    for host, counts in re.findall(r"^(\S+)\s+:\s+(ok=.*)$", output, re.M):
+        recap[host] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", counts)}
+    return recap
+
+
+@pytest.fixture(scope="module")
+def deployed(lab):
+    started = time.monotonic()
+    first = _play(lab, "deploy.yml")
+    first_s = time.monotonic() - started
+    assert first.returncode == 0, first.stdout[-5000:] + first.stderr[-2000:]
+    try:
+        yield {"first": first, "first_s": first_s}
+    finally:
+        _play(lab, "teardown.yml")
+
+
+@pytest.fixture(scope="module")
+def controller(lab, lab_secrets):
+    client = connect(RedisSettings(host=lab.plan.manager.address, password=lab_secrets["latscope_redis_password"]))
+    yield Controller(client)
+    client.close()
+
+
+def _await(predicate, what: str, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_deploy_runs_a_collector_on_every_host(deployed, controller):
+    print(f"first deploy: {deployed['first_s']:.1f}s")
+    beats = _await(lambda: (lambda b: b if all(b.values()) else None)(controller.alive(["host1", "host2"])),
+                   "heartbeats of the deployed collectors")
+    assert {beat.host for beat in beats.values()} == {"host1", "host2"}
+
+
+def test_second_deploy_changes_nothing(deployed, lab):
+    started = time.monotonic()
+    again = _play(lab, "deploy.yml")
+    print(f"idempotent re-run: {time.monotonic() - started:.1f}s")
+    assert again.returncode == 0, again.stdout[-3000:]
+    recap = _recap(again.stdout)
+    assert recap and all(counts["changed"] == 0 for counts in recap.values()), recap
+
+
+def test_check_mode_changes_nothing(deployed, lab):
+    check = _play(lab, "deploy.yml", "--check", "--diff")
+    assert check.returncode == 0, check.stdout[-3000:]
+    assert all(counts["changed"] == 0 for counts in _recap(check.stdout).values())
+
+
+def test_a_session_through_the_deployed_collectors_stores_rows(deployed, lab, lab_secrets, controller):
+    plan = lab.plan
+    acks = controller.start_session(["host1", "host2"], "deploy1", {"dport": 5401}, {"size": 65536}, timeout_s=60)
+    assert all(ack.ok for ack in acks.values()), acks
+    host2 = plan.node("host2")
+    server = subprocess.Popen(["ip", "netns", "exec", host2.netns, "iperf3", "-s", "-1", "-B", host2.address,
+                               "-p", "5401"], stdout=subprocess.DEVNULL)
+    try:
+        wait_listening(host2.netns, host2.address, 5401)
+        client = subprocess.run(["ip", "netns", "exec", plan.node("host1").netns, "iperf3", "-c", host2.address,
+                                 "-p", "5401", "-t", "1", "-b", "500M"], capture_output=True, text=True, timeout=60,
+                                check=False)
+        assert client.returncode == 0, client.stderr
+    finally:
+        server.wait(timeout=30)
+    acks = controller.stop_session(["host1", "host2"], "deploy1", timeout_s=60)
+    assert all(ack.ok for ack in acks.values()), acks
+    db = {"host": plan.manager.address, "user": "latscope", "password": lab_secrets["latscope_mysql_password"],
+          "database": "latscope"}
+
+    def stored():
+        with pymysql.connect(**db) as conn, conn.cursor() as cur:
+            cur.execute("SELECT host, COUNT(*) FROM packet_samples WHERE session_id = 'deploy1' GROUP BY host")
+            rows = dict(cur.fetchall())
+        return rows if rows.get("host1", 0) > 100 and rows.get("host2", 0) > 100 else None
+
+    print(f"rows stored per host: {_await(stored, 'rows from both hosts', 60)}")
+
+
+def test_deploy_output_never_shows_a_secret(deployed, lab, lab_secrets):
+    verbose = _play(lab, "deploy.yml", "-vvv")
+    assert verbose.returncode == 0
+    output = verbose.stdout + verbose.stderr + deployed["first"].stdout
+    for secret in lab_secrets.values():
+        assert secret not in output
