@@ -96,7 +96,6 @@ def start(pidfile: Path, log: Path, command: list[str]) -> int | None:
     finally:
         pidfile.unlink(missing_ok=True)
     os._exit(code)  # pylint: disable=protected-access  # never return into the caller's stack
-    return None
 
 
 def _supervise(pidfile: Path, command: list[str]) -> int:
