@@ -64,7 +64,8 @@ METRICS: Tuple[Metric, ...] = (
 METRIC_COLUMNS: Tuple[str, ...] = tuple(m.column for m in METRICS)
 METRIC_BY_COLUMN: Dict[str, Metric] = {m.column: m for m in METRICS}
 
-# Values a row carries beyond the 16 (not columns of flow_metrics yet).
+# Values a row carries beyond the 16: rtt_samples and bytes_acked are columns of flow_metrics since
+# schema migration 2; the state only decides when a flow's series ends and is not stored.
 EXTRAS: Tuple[Metric, ...] = (
     Metric("RTTSamples", "rtt_samples", "samples", "the number of RTT samples summed in SumRTT (RTT_CB calls)",
            "counter"),
@@ -133,10 +134,9 @@ class FlowMetrics:
         return out
 
     def schema_dict(self) -> Dict[str, Any]:
-        """What ``schema.metric_row`` takes: the columns of ``flow_metrics`` only."""
+        """What ``schema.metric_row`` takes: the columns of ``flow_metrics`` only (the TCP state is not one)."""
         out = self.as_dict()
-        for name in EXTRA_COLUMNS:
-            del out[name]
+        del out["state"]
         return out
 
     @classmethod

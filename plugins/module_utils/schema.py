@@ -50,6 +50,9 @@ FLOW_METRICS = (
     "duration_us",
 )
 
+# Added by migration 2: what SumRTT needs to become a mean, and the bytes the peer acknowledged.
+FLOW_METRIC_EXTRAS = ("rtt_samples", "bytes_acked")
+
 # Column order of each raw table: the DDL, the INSERT statements and the row builders all follow it.
 COLUMNS: Dict[str, Tuple[str, ...]] = {
     "hosts": ("name", "kind", "first_seen", "last_seen"),
@@ -59,7 +62,8 @@ COLUMNS: Dict[str, Tuple[str, ...]] = {
     "packet_samples": ("uid", "session_id", "host", "direction", "kind", "saddr", "daddr", "sport", "dport",
                        "sample_key", "seq", "length", "flags", "first_ns", "n_stamps", "in_order"),
     "packet_stamps": ("sample_uid", "idx", "layer", "ts_ns", "ifindex", "netns"),
-    "flow_metrics": ("session_id", "host", "saddr", "daddr", "sport", "dport", "at_ns") + FLOW_METRICS,
+    "flow_metrics": ("session_id", "host", "saddr", "daddr", "sport", "dport", "at_ns") + FLOW_METRICS
+                    + FLOW_METRIC_EXTRAS,
     "drop_counters": ("session_id", "host", "name", "at_ns", "value"),
 }
 RAW_TABLES = tuple(COLUMNS)
@@ -166,8 +170,14 @@ class Migration:
 
 
 # Append only: a released migration is never edited, a change is a new version.
+_V2 = (
+    "ALTER TABLE flow_metrics ADD COLUMN rtt_samples BIGINT UNSIGNED NULL, "
+    "ADD COLUMN bytes_acked BIGINT UNSIGNED NULL",
+)
+
 MIGRATIONS: Tuple[Migration, ...] = (
     Migration(1, "raw tables", _V1),
+    Migration(2, "flow_metrics: rtt_samples, bytes_acked", _V2),
 )
 
 
@@ -387,9 +397,9 @@ def metric_row(raw: Mapping[str, Any], prefix: str = "metrics") -> Row:
 
     A metric that is absent or None is stored as NULL (not measured, as opposed to 0).
     """
-    raw = _mapping(prefix, raw, ("session", "host", "flow", "at_ns"), FLOW_METRICS)
+    raw = _mapping(prefix, raw, ("session", "host", "flow", "at_ns"), FLOW_METRICS + FLOW_METRIC_EXTRAS)
     values = []
-    for name in FLOW_METRICS:
+    for name in FLOW_METRICS + FLOW_METRIC_EXTRAS:
         value = raw.get(name)
         values.append(None if value is None else require_int(f"{prefix}.{name}", value, 0, U64))
     return (_text(f"{prefix}.session", raw["session"], 64), _text(f"{prefix}.host", raw["host"], 128),

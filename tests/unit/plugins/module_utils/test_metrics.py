@@ -91,3 +91,11 @@ def test_not_a_mapping():
     with pytest.raises(InputError) as caught:
         FlowMetrics.from_dict(["cwnd", 10])
     assert caught.value.field == "metrics"
+
+
+def test_schema_dict_has_exactly_the_columns_of_flow_metrics():
+    from ansible_collections.latscope.latscope.plugins.module_utils.schema import COLUMNS, metric_row
+    row = FlowMetrics.from_dict(_row()).schema_dict()
+    stored = set(COLUMNS["flow_metrics"]) - {"session_id", "host", "saddr", "daddr", "sport", "dport", "at_ns"}
+    assert set(row) - {"session", "host", "flow", "at_ns"} == stored
+    assert len(metric_row(row)) == len(COLUMNS["flow_metrics"])

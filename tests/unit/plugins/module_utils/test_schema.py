@@ -42,10 +42,17 @@ def _ddl_columns(statement: str) -> dict[str, str]:
 
 
 def _table_statements() -> dict[str, str]:
+    """Table -> its CREATE statement, with the columns later migrations ADD appended as lines."""
     found = {}
     for statement in all_statements():
-        name = re.match(r"CREATE TABLE IF NOT EXISTS (\w+) \(", statement).group(1)
-        found[name] = statement
+        create = re.match(r"CREATE TABLE IF NOT EXISTS (\w+) \(", statement)
+        if create:
+            found[create.group(1)] = statement
+            continue
+        alter = re.match(r"ALTER TABLE (\w+) (.*)", statement, re.S)
+        assert alter, statement
+        for column, column_type in re.findall(r"ADD COLUMN (\w+) ([A-Z]+(?: UNSIGNED)?)", alter.group(2)):
+            found[alter.group(1)] += f"\n  {column} {column_type} NULL"
     return found
 
 
@@ -103,7 +110,7 @@ def test_a_broken_migration_list_is_refused(broken):
 def test_every_raw_table_is_created_once_and_re_runnably():
     tables = _table_statements()
     assert sorted(tables) == sorted(RAW_TABLES + (MIGRATIONS_TABLE,))
-    assert all(s.startswith("CREATE TABLE IF NOT EXISTS ") for s in all_statements())
+    assert all(s.startswith(("CREATE TABLE IF NOT EXISTS ", "ALTER TABLE ")) for s in all_statements())
     assert all_statements()[0] == SCHEMA_MIGRATIONS_DDL
 
 
@@ -111,7 +118,7 @@ def test_the_ddl_declares_the_columns_the_builders_fill_in_that_order():
     tables = _table_statements()
     for table, columns in COLUMNS.items():
         assert tuple(_ddl_columns(tables[table])) == columns, table
-    assert COLUMNS["flow_metrics"][-16:] == FLOW_METRICS and len(FLOW_METRICS) == 16
+    assert COLUMNS["flow_metrics"][-18:-2] == FLOW_METRICS and len(FLOW_METRICS) == 16
 
 
 def test_the_analysis_join_and_the_host_lookup_are_indexed():
@@ -208,7 +215,7 @@ def test_a_bad_record_names_its_field_and_no_row_is_built(bad, field):
 def test_metric_rows_store_missing_metrics_as_null():
     row = metric_row({"session": "s1", "host": "host1", "flow": ["10.0.0.1", "10.0.0.2", 1, 2], "at_ns": 5,
                       "cwnd": 10, "sample_rtt_us": 120, "bytes_sent": (1 << 64) - 1})
-    named = _assert_row_fits("flow_metrics", row, nullable=FLOW_METRICS)
+    named = _assert_row_fits("flow_metrics", row, nullable=FLOW_METRICS + ("rtt_samples", "bytes_acked"))
     assert (named["cwnd"], named["sample_rtt_us"], named["bytes_sent"], named["rwnd"]) == (10, 120, (1 << 64) - 1, None)
     assert named["daddr"] == int(ipaddress.IPv4Address("10.0.0.2"))
 
