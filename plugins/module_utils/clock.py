@@ -430,6 +430,30 @@ def to_manager_time(host_ts: int, estimate: ClockEstimate) -> int:
     return estimate.at_ns + _div_round((host_ts - estimate.offset_ns - estimate.at_ns) * NS_PER_S, rate)
 
 
+def to_manager_time_sql(host_ts: str, at_ns: str, offset_ns: str, skew_ppb: str) -> str:
+    """``to_manager_time`` as a SQL expression over four column expressions (MariaDB 10.11 and MySQL 8).
+
+    The same formula, term for term, in exact integer arithmetic::
+
+        m = at + div_round((host_ts - offset - at) * 1e9, 1e9 + skew)
+
+    ``div_round`` (``_div_round``: halves away from zero) is written for a divisor ``d > 0`` as
+    ``SIGN(n) * floor((2|n| + d) / 2d)``; the floor is taken as ``(x - MOD(x, 2d)) DIV 2d`` so that
+    the division is of an exact multiple and no server's DECIMAL division rounding can change it.
+    The numerator can reach 2**64 * 1e9, so it is computed in DECIMAL(40,0), never in BIGINT.
+    ``to_manager_time_sql`` callers pass column names or expressions they trust (no user text).
+    """
+    for name, value in (("host_ts", host_ts), ("at_ns", at_ns), ("offset_ns", offset_ns), ("skew_ppb", skew_ppb)):
+        if not isinstance(value, str) or not value or ";" in value or "--" in value:
+            raise InputError(name, "must be a SQL column expression", value)
+    numerator = (f"((CAST({host_ts} AS DECIMAL(40,0)) - CAST({offset_ns} AS DECIMAL(40,0)) "
+                 f"- CAST({at_ns} AS DECIMAL(40,0))) * {NS_PER_S})")
+    divisor = f"(CAST({skew_ppb} AS DECIMAL(40,0)) + {NS_PER_S})"
+    doubled = f"(2 * ABS({numerator}) + {divisor})"
+    quotient = f"(({doubled} - MOD({doubled}, 2 * {divisor})) DIV (2 * {divisor}))"
+    return f"(CAST({at_ns} AS SIGNED) + SIGN({numerator}) * {quotient})"
+
+
 def to_host_time(manager_ts: int, estimate: ClockEstimate) -> int:
     """The inverse of ``to_manager_time``: what the host's clock read at manager time ``manager_ts``."""
     _usable(estimate)
@@ -456,4 +480,4 @@ def estimate_for(estimates: Iterable[ClockEstimate], host: str, host_ts: Optiona
 __all__ = ["ClockEstimate", "DEFAULT_PORT", "NotSynchronised", "PROBE_FORMAT", "PROBE_SIZE", "PROBER_COUNTERS",
            "Probe", "RESPONDER_COUNTERS", "Sample", "decode_probe", "encode_probe", "envelope", "estimate_for",
            "estimate_from_dict", "fit", "new_token", "parse_token", "sample_from_probe", "to_host_time",
-           "to_manager_time", "unsynchronised"]
+           "to_manager_time", "to_manager_time_sql", "unsynchronised"]
