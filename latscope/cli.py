@@ -8,6 +8,8 @@
   latscope observe [--dport P] [--netns PATH] [--seconds S]
   latscope collector [--config FILE] [--check]
   latscope schema migrate|version [--config FILE]
+  latscope analyse --session S [--config FILE]
+  latscope report --session S [--html DIR] [--analyse] [--config FILE]
   latscope supervise start|stop|status --pidfile P [--log L -- COMMAND...]
   latscope demo
 
@@ -242,6 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("migrate", "version"))
     p.add_argument("--config", default="/etc/latscope/collector.yml", help="a config file with a mysql section")
     p.set_defaults(func=cmd_schema)
+
+    from latscope.analysis.commands import add_parsers as add_analysis_parsers
+
+    add_analysis_parsers(sub, "/etc/latscope/collector.yml")
 
     p = sub.add_parser("demo", help="the main job on the local lab")
     _add_lab_options(p)

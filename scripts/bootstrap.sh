@@ -23,7 +23,7 @@ grep -qs '^ID=debian' /etc/os-release || die "this script supports Debian 12 onl
 packages=(
   python3 python3-venv python3-pip python3-bpfcc bpfcc-tools bpftool linux-headers-amd64
   redis-server redis-tools mariadb-server mariadb-client openssh-server openssh-client
-  iproute2 iperf3 tcpdump procps git shellcheck
+  iproute2 iperf3 tcpdump procps git shellcheck python3-matplotlib chromium
 )
 missing=()
 for p in "${packages[@]}"; do
