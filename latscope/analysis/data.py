@@ -141,19 +141,35 @@ def load(connection: Any, session: str) -> Report:
                   directions=ordered, clocks=clocks, counts=counts, metrics=metrics)
 
 
-def layer_values(connection: Any, session: str, direction: str, columns: List[str], limit: int = 200_000
-                 ) -> Dict[str, List[int]]:
-    """Per-packet values (ns) of ``columns`` of ``analysis_packets`` (one-way) or ``analysis_rtt`` (rtt)."""
+def layer_values(connection: Any, session: str, direction: str, columns: List[str],
+                 flow: Optional[FlowKey] = None, limit: int = 200_000) -> Dict[str, List[int]]:
+    """Per-packet values (ns) of ``columns`` of ``analysis_packets`` (one-way) or ``analysis_rtt`` (rtt),
+    of one flow or all, the first ``limit`` in time order."""
     table = "analysis_rtt" if direction == "rtt" else "analysis_packets"
-    known = analysis_sql.packet_columns() if direction != "rtt" else analysis_sql.rtt_columns()
+    known = analysis_sql.rtt_columns() if direction == "rtt" else analysis_sql.packet_columns()
     for column in columns:
         if column not in known:
             raise InputError("column", f"must be one of {', '.join(known)}", column)
-    where = "session_id = %s" + ("" if direction == "rtt" else " AND direction = %s")
-    params: Tuple[Any, ...] = (session,) if direction == "rtt" else (session, direction)
+    where = "session_id = %s"
+    params: List[Any] = [session]
+    if direction != "rtt":
+        where += " AND direction = %s"
+        params.append(direction)
+    if flow is not None:
+        where += " AND saddr = %s AND daddr = %s AND sport = %s AND dport = %s"
+        params.extend(flow)
     select = ", ".join(f"{column}_ns" for column in columns)
-    rows = _rows(connection, f"SELECT {select} FROM {table} WHERE {where} ORDER BY t_ns LIMIT {int(limit)}", params)
+    rows = _rows(connection, f"SELECT {select} FROM {table} WHERE {where} ORDER BY t_ns LIMIT {int(limit)}",
+                 tuple(params))
     return {column: [int(row[index]) for row in rows if row[index] is not None] for index, column in enumerate(columns)}
+
+
+def closures(connection: Any, session: str, flow: FlowKey, limit: int = 200_000) -> List[float]:
+    """The closure (sum of the parts / RTT) of each RTT sample of ``flow``."""
+    rows = _rows(connection, "SELECT closure FROM analysis_rtt WHERE session_id = %s AND saddr = %s AND daddr = %s "
+                             f"AND sport = %s AND dport = %s AND closure IS NOT NULL ORDER BY t_ns LIMIT {int(limit)}",
+                 (session, *flow))
+    return [float(closure) for (closure,) in rows]
 
 
 SERIES = ("cwnd", "rwnd", "flight_size", "sample_rtt_us")

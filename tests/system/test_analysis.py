@@ -11,6 +11,8 @@ input changes nothing.
 from __future__ import annotations
 
 import secrets
+import shutil
+import subprocess
 from contextlib import closing
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from ansible_collections.latscope.latscope.plugins.module_utils.errors import In
 from ansible_collections.latscope.latscope.plugins.module_utils.records import Flow, PacketRecord, Stamp
 from ansible_collections.latscope.latscope.plugins.module_utils.schema import (
     clock_row, counter_row, insert_sql, metric_row, migrate, sample_rows, session_row)
-from latscope.analysis import report_text
+from latscope.analysis import data, report_html, report_text
 from latscope.collector.shipper import connector
 from latscope.lab import services
 
@@ -380,7 +382,7 @@ def test_bad_session_argument(db):
 def test_text_report_shows_layers_both_directions_and_counts(db):
     known_session(db)
     analysis_sql.materialise(db, SESSION)
-    text = report_text.render(report_text.load(db, SESSION), color=False)
+    text = report_text.render(data.load(db, SESSION), color=False)
     assert "data  10.9.0.1:40000 -> 10.9.0.2:5201" in text and "ack   10.9.0.2:5201 -> 10.9.0.1:40000" in text
     net_line = next(line for line in text.splitlines() if line.lstrip().startswith("network") and "50.4" in line)
     assert "<" in net_line                 # the largest share of the data direction is marked
@@ -388,3 +390,50 @@ def test_text_report_shows_layers_both_directions_and_counts(db):
     assert "hostB" in text and "+-0.7 us" in text     # the clock error bound
     assert "ringbuf_full: 3" in text
     assert "closure" in text and "10/10" in text
+
+
+def test_report_of_an_unanalysed_session_says_what_to_do(db):
+    known_session(db)
+    with pytest.raises(InputError) as caught:
+        data.load(db, SESSION)
+    assert "latscope analyse --session known" in str(caught.value)
+
+
+# --- the HTML report, rendered by a real browser ------------------------------------------------------
+
+def pixel_spread(png: Path) -> float:
+    """The standard deviation of a PNG's grey levels (0 for a blank page)."""
+    from matplotlib import image
+
+    pixels = image.imread(str(png))
+    grey = pixels[..., :3].mean(axis=2) if pixels.ndim == 3 else pixels
+    return float(grey.std())
+
+
+def screenshot(page: Path, out: Path) -> Path:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert browser, "chromium is installed by scripts/bootstrap.sh"
+    done = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                           f"--user-data-dir={out.parent / 'chromium-profile'}", f"--screenshot={out}",
+                           "--window-size=1200,3000", page.as_uri()],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0 and out.exists(), done.stderr[-2000:]
+    return out
+
+
+def test_html_report_renders_with_its_plots_in_chromium(db, tmp_path):
+    known_session(db)
+    analysis_sql.materialise(db, SESSION)
+    index = report_html.write(db, data.load(db, SESSION), tmp_path / "report")
+    page = index.read_text()
+    images = sorted(path.name for path in index.parent.glob("*.png"))
+    # per-layer CDFs of both directions, the stacked bars, the RTT decomposition, the flow metrics
+    assert len([name for name in images if name.startswith("cdf-")]) == 2
+    assert [name for name in images if name.startswith(("layers-", "rtt-", "metrics-"))] == [
+        images[2], images[3], images[4]]
+    for name in images:
+        assert f'src="{name}"' in page
+        assert pixel_spread(index.parent / name) > 0.02, name
+    assert 'class="largest"' in page and "hostB" in page
+    shot = screenshot(index, tmp_path / "shot.png")
+    assert pixel_spread(shot) > 0.05
