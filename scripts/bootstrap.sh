@@ -84,6 +84,18 @@ if ! cmp -s "$repo/scripts/ansible_test_get_pip.py" "$get_pip"; then
   changed+=(get-pip)
 fi
 
+# --- ansible-lint and ansible-builder, in a venv of their own too (requirements/lint.txt) -------
+lint_venv="$venv/ansible-lint"
+lint_pin="$core_pin $(sha256sum "$repo/requirements/lint.txt" | cut -d' ' -f1)"
+if [ "$(cat "$lint_venv/.pin" 2>/dev/null)" != "$lint_pin" ]; then
+  say "creating the ansible-lint venv"
+  rm -rf "$lint_venv"
+  "$system_python" -m venv "$lint_venv"
+  "$lint_venv/bin/python" -m pip install -q --disable-pip-version-check "$core_pin" -r "$repo/requirements/lint.txt"
+  echo "$lint_pin" >"$lint_venv/.pin"
+  changed+=(ansible-lint)
+fi
+
 # --- the collection on the import path ---------------------------------------
 # Modules import shared code as ansible_collections.latscope.latscope.plugins.module_utils.*;
 # the daemon and CLI do the same, so the checkout is linked in at that path.
