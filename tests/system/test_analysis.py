@@ -10,6 +10,7 @@ input changes nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import shutil
 import subprocess
@@ -172,6 +173,54 @@ def db(lab, lab_secrets, database):
     with closing(connect()) as connection:
         migrate(connection)
         yield connection
+
+
+# --- one clock formula: the SQL of clock.to_manager_time_sql is clock.to_manager_time ---------------
+
+def test_sql_conversion_equals_to_manager_time_to_the_ns(db):
+    import random
+
+    rng = random.Random(6)
+    cases = []
+    for index in range(2000):
+        at = rng.randrange(0, 1 << 62)
+        offset = rng.randrange(-(1 << 50), 1 << 50)
+        skew = rng.choice([0, 1, -1, clock.MAX_SKEW_PPB, -clock.MAX_SKEW_PPB]) if index % 4 == 0 else \
+            rng.randrange(-clock.MAX_SKEW_PPB, clock.MAX_SKEW_PPB + 1)
+        cases.append((max(0, at + offset + rng.randrange(-10 ** 12, 10 ** 12)), at, offset, skew))
+    # exact halves: 976563 ns at 512 ppb is k + 0.5 ns on the manager's clock (rounded away from zero)
+    cases += [(10 ** 15 + 976_563 * j, 10 ** 15, 0, 512) for j in (-3, -1, 1, 3)]
+    with db.cursor() as cursor:
+        cursor.execute("CREATE TEMPORARY TABLE conv (ts BIGINT UNSIGNED, at_ns BIGINT UNSIGNED, off BIGINT, skew BIGINT)")
+        cursor.executemany("INSERT INTO conv VALUES (%s, %s, %s, %s)", cases)
+        cursor.execute(f"SELECT ts, at_ns, off, skew, {clock.to_manager_time_sql('ts', 'at_ns', 'off', 'skew')} FROM conv")
+        rows = cursor.fetchall()
+    assert len(rows) == len(cases)
+    for ts, at, offset, skew, converted in rows:
+        estimate = clock.ClockEstimate(host="h", at_ns=at, offset_ns=offset, skew_ppb=skew, error_ns=1, skew_error_ppb=1,
+                                       probes_used=1, probes_lost=0, synchronised=True)
+        assert converted == clock.to_manager_time(ts, estimate), (ts, at, offset, skew)
+
+
+def test_each_record_uses_the_estimate_estimate_for_picks(db):
+    """Two estimates of B a second apart, with different offsets: each record is converted with the
+    one nearest in host time, as clock.estimate_for chooses."""
+    records = known_session(db, "twoclocks")
+    later = dataclasses.replace(ESTIMATES[B], at_ns=T0 + 5_000_000, offset_ns=5_000_400)
+    with db.cursor() as cursor:
+        cursor.execute(insert_sql("clock_estimates"), clock_row(later.row("twoclocks")))
+    db.commit()
+    analysis_sql.materialise(db, "twoclocks")
+    estimates = [ESTIMATES[B], later]
+    by_uid = {record.uid: record for record in records}
+    used = set()
+    for tx_uid, rx_uid, net_ns in query(db, "SELECT tx_uid, rx_uid, net_ns FROM analysis_packets WHERE session_id = "
+                                            "'twoclocks' AND direction = 'data'"):
+        tx, rx = by_uid[tx_uid], by_uid[rx_uid]
+        chosen = clock.estimate_for(estimates, B, rx.first_ns)
+        used.add(chosen.at_ns)
+        assert net_ns == clock.to_manager_time(rx.stamps[0].ts_ns, chosen) - manager(A, tx.stamps[-1].ts_ns)
+    assert used == {T0, T0 + 5_000_000}
 
 
 # --- known answers ---------------------------------------------------------------------------------
