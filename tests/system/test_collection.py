@@ -16,6 +16,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 ANSIBLE_TEST = VENV_BIN.parent / "ansible-test" / "bin" / "ansible-test"
+LINT_BIN = VENV_BIN.parent / "ansible-lint" / "bin"
 
 
 def _collection_files() -> list[str]:
@@ -69,3 +70,15 @@ def test_ansible_test_sanity(collection_tree):
                 if line.startswith(("ERROR", "FATAL"))]
     assert proc.returncode == 0, "\n".join(problems) or proc.stderr[-3000:]
     assert "Running sanity test \"validate-modules\"" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_ansible_lint_production(collection_tree):
+    """ansible-lint's production profile passes on the collection (its own venv: requirements/lint.txt)."""
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(collection_tree.parents[2]),
+               PATH=f"{LINT_BIN}:{os.environ.get('PATH', '')}", NO_COLOR="1")
+    proc = subprocess.run([str(LINT_BIN / "ansible-lint"), "--profile", "production", "--nocolor", "-f", "pep8"],
+                          cwd=collection_tree, capture_output=True, text=True, env=env, timeout=1200, check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-6000:]
+    assert "Profile 'production' was required, and it passed" in output, output[-3000:]
