@@ -54,7 +54,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 from ansible_collections.latscope.latscope.plugins.module_utils.clock import to_manager_time_sql
 from ansible_collections.latscope.latscope.plugins.module_utils.errors import InputError
 from ansible_collections.latscope.latscope.plugins.module_utils.records import FLAG_REPEAT, FLAG_TRUNCATED, LAYER_IDS
-from ansible_collections.latscope.latscope.plugins.module_utils.schema import FLOW_METRICS, TABLE_OPTIONS, portability_problems
+from ansible_collections.latscope.latscope.plugins.module_utils.schema import FLOW_METRICS, TABLE_OPTIONS
 
 ANALYSIS_VERSION = 1
 PERCENTILES = (500, 900, 990)        # per mille: p50, p90, p99 (nearest rank)
@@ -417,8 +417,8 @@ _WIDE_DDL = f"""CREATE TEMPORARY TABLE ls_wide (
   PRIMARY KEY (fs, fd, fsp, fdp, direction)
 ) {_TMP_OPTIONS}"""
 
-TEMP_TABLES = tuple(f"ls_p_{role}" for role in ROLES) + ("ls_m_data", "ls_m_ack", "ls_m_turn", "ls_m_rtt",
-                                                          "ls_clk", "ls_multi", "ls_wide")
+TEMP_TABLES = tuple(f"ls_p_{role}" for role in ROLES) + (
+    "ls_m_data", "ls_m_ack", "ls_m_turn", "ls_m_rtt", "ls_clk", "ls_multi", "ls_wide")
 
 
 def temp_ddl() -> List[str]:
@@ -802,7 +802,6 @@ def packet_columns() -> List[str]:
 def rtt_columns() -> List[str]:
     """The parts of ``analysis_rtt`` (``<column>_ns``), in path order, then the RTT."""
     return [part.column for part in RTT_PARTS] + [RTT.column]
-
 
 
 def write_statements() -> List[Tuple[str, str]]:

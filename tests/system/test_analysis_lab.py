@@ -49,8 +49,8 @@ def ship(connection, records) -> None:
     with connection.cursor() as cursor:
         cursor.executemany(insert_sql("packet_samples"), samples)
         cursor.executemany(insert_sql("packet_stamps"), stamps)
-        cursor.execute(insert_sql("sessions"), session_row({"id": SESSION, "started_at": 1_700_000_000,
-                                                             "flow": {"dport": 5207}}))
+        started = {"id": SESSION, "started_at": 1_700_000_000, "flow": {"dport": 5207}}
+        cursor.execute(insert_sql("sessions"), session_row(started))
     connection.commit()
 
 
