@@ -17,7 +17,9 @@ import yaml
 
 from ansible_collections.latscope.latscope.plugins.module_utils.control import HOOK_PROFILES, RedisSettings
 from ansible_collections.latscope.latscope.plugins.module_utils.errors import InputError, require_int
+from latscope.collector.flowmetrics import FlowMetricsLimits
 from latscope.collector.observer import ObserverLimits
+from latscope.timesync.service import TimeSyncConfig, settings_from_dict as timesync_from_dict
 
 DEFAULT_PATH = Path("/etc/latscope/collector.yml")
 HOST_KINDS = ("bare_metal", "vm", "container")
@@ -51,6 +53,8 @@ class CollectorConfig:
     state_dir: Path
     heartbeat_interval_s: float
     max_command_age_s: float
+    flow_metrics: FlowMetricsLimits | None = None      # None: the 16 flow metrics are not collected
+    timesync: TimeSyncConfig = TimeSyncConfig(enabled=False)
 
 
 def _section(raw: dict[str, Any], name: str, where: str) -> dict[str, Any]:
@@ -101,7 +105,7 @@ def config_from_dict(raw: Any, source: str = "collector config") -> CollectorCon
     if not isinstance(raw, dict):
         raise InputError(source, "must be a YAML mapping", type(raw).__name__)
     known = {"host", "kind", "hook_profile", "redis", "mysql", "observer", "spool", "state_dir",
-             "heartbeat_interval_s", "max_command_age_s"}
+             "heartbeat_interval_s", "max_command_age_s", "flow_metrics", "timesync"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise InputError(f"{source}: {unknown[0]}", f"unknown setting; known: {', '.join(sorted(known))}")
@@ -149,6 +153,19 @@ def config_from_dict(raw: Any, source: str = "collector config") -> CollectorCon
             raise InputError(f"{source}: observer.netns", "must be absolute paths (/run/netns/NAME, "
                              "/proc/PID/ns/net)", path)
 
+    metrics_raw = _section(raw, "flow_metrics", source)
+    unknown = sorted(set(metrics_raw) - {"enabled", "max_flows"})
+    if unknown:
+        raise InputError(f"{source}: flow_metrics.{unknown[0]}", "unknown setting; known: enabled, max_flows")
+    metrics_on = metrics_raw.get("enabled", True)
+    if not isinstance(metrics_on, bool):
+        raise InputError(f"{source}: flow_metrics.enabled", "must be true or false", metrics_on)
+    flow_metrics = None
+    if metrics_on:
+        flow_metrics = FlowMetricsLimits(max_flows=require_int(
+            f"{source}: flow_metrics.max_flows", metrics_raw.get("max_flows", 16384), 64, 1 << 20))
+    timesync = timesync_from_dict(raw.get("timesync"), f"{source}: timesync")
+
     spool = _section(raw, "spool", source)
     state_dir = Path(str(raw.get("state_dir", "/var/lib/latscope/collector")))
     for where, path in ((f"{source}: state_dir", state_dir),
@@ -163,7 +180,8 @@ def config_from_dict(raw: Any, source: str = "collector config") -> CollectorCon
         spool_max_bytes=require_int(f"{source}: spool.max_bytes", spool.get("max_bytes", 256 << 20), 1 << 20, 1 << 40),
         state_dir=state_dir,
         heartbeat_interval_s=_number(f"{source}: heartbeat_interval_s", raw.get("heartbeat_interval_s", 5), 0.05, 3600),
-        max_command_age_s=_number(f"{source}: max_command_age_s", raw.get("max_command_age_s", 300), 1, 86400))
+        max_command_age_s=_number(f"{source}: max_command_age_s", raw.get("max_command_age_s", 300), 1, 86400),
+        flow_metrics=flow_metrics, timesync=timesync)
 
 
 def load_config(path: Path = DEFAULT_PATH) -> CollectorConfig:

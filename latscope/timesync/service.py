@@ -87,7 +87,8 @@ def settings_from_dict(raw: Any, source: str = "timesync") -> TimeSyncConfig:
                                       port=require_int(f"{source}.port", raw.get("port", DEFAULT_PORT), 1, 65535),
                                       mode=mode, peer_netns=tuple(peer_netns), local_address=raw.get("local_address"))
     except InputError as exc:
-        raise InputError(exc.field.replace("timesync", source, 1), exc.reason, exc.value) from None
+        where = source + exc.field[len("timesync"):] if exc.field.startswith("timesync") else exc.field
+        raise InputError(where, exc.reason, exc.value) from None
     return TimeSyncConfig(enabled=True, responder=responder)
 
 

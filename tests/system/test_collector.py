@@ -19,6 +19,7 @@ import pymysql
 import pytest
 import yaml
 
+from ansible_collections.latscope.latscope.plugins.module_utils.clock import new_token
 from ansible_collections.latscope.latscope.plugins.module_utils.control import Controller, RedisSettings, connect
 from ansible_collections.latscope.latscope.plugins.module_utils.kernel import mounts as kernel_mounts
 from latscope.lab import lab as lab_ops
@@ -106,6 +107,9 @@ def fleet(lab, lab_secrets, tmp_path_factory):
     secret_dir.mkdir(mode=0o700)
     (secret_dir / "redis").write_text(lab_secrets["latscope_redis_password"])
     (secret_dir / "mysql").write_text(lab_secrets["latscope_mysql_password"])
+    (secret_dir / "timesync").write_text(new_token() + "\n")
+    for secret in secret_dir.iterdir():
+        secret.chmod(0o600)
     daemons = {}
     for name, netns_extra in (("host1", [f"/run/netns/{plan.node('host1-c1').netns}"]), ("host2", [])):
         node = plan.node(name)
@@ -113,7 +117,9 @@ def fleet(lab, lab_secrets, tmp_path_factory):
                   "mysql": {"host": manager, "user": "latscope", "database": "latscope",
                             "password_file": str(secret_dir / "mysql")},
                   "observer": {"interfaces": ["eth0"], "netns": netns_extra},
-                  "state_dir": str(tmp / name), "heartbeat_interval_s": 0.5}
+                  "state_dir": str(tmp / name), "heartbeat_interval_s": 0.5,
+                  "timesync": {"interface": "eth0", "manager_address": manager,
+                               "token_file": str(secret_dir / "timesync")}}
         path = tmp / f"{name}.yml"
         path.write_text(yaml.safe_dump(config))
         migrated = subprocess.run([sys.executable, "-m", "latscope", "schema", "migrate", "--config", str(path)],
@@ -124,7 +130,7 @@ def fleet(lab, lab_secrets, tmp_path_factory):
         daemons[name].start()
     client = connect(RedisSettings(host=manager, password=lab_secrets["latscope_redis_password"]))
     try:
-        yield {"daemons": daemons, "controller": Controller(client), "db": db, "plan": plan}
+        yield {"daemons": daemons, "controller": Controller(client), "db": db, "plan": plan, "secrets": secret_dir}
     finally:
         for daemon in daemons.values():
             if daemon.proc and daemon.proc.poll() is None:
@@ -180,6 +186,18 @@ def test_session_through_redis_stores_every_record_despite_a_database_outage(fle
     rows = _await(lambda: _rows(db, "outage1") == expected and _rows(db, "outage1"),
                   f"rows to equal the records ({expected})", 90, 0.5)
     print(f"stored rows per host after a 30 s MariaDB outage: {rows} (records {expected})")
+
+    # the 16 flow metrics came along, every sampling.interval, through the same outage
+    with pymysql.connect(**db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT host, COUNT(*), MAX(bytes_sent), MAX(bytes_received), MAX(cwnd) FROM flow_metrics "
+                    "WHERE session_id = 'outage1' AND %s IN (sport, dport) GROUP BY host", (PORT,))
+        metrics = {host: rest for host, *rest in cur.fetchall()}
+    print(f"flow-metric rows per host: {metrics}")
+    assert metrics["host1"][0] >= 2 and metrics["host1"][1] > 1_000_000 and metrics["host1"][3] > 0, metrics
+    assert metrics["host2"][2] > 1_000_000, metrics        # the receiver's view of the same flows
+    for host in hosts:
+        assert results[host].counters["flows.rows"] >= metrics[host][0], results[host].counters
+        assert results[host].counters["flows.map_full"] == 0
 
 
 def test_bad_commands_are_refused_and_the_daemon_keeps_running(fleet):
@@ -303,3 +321,26 @@ def test_the_modules_drive_sessions_idempotently_without_leaking_secrets(fleet, 
     # the states the daemons report agree with what the modules said
     states = fleet["controller"].host_states(["host1", "host2"])
     assert all(state.get("state") == "idle" for state in states.values()), states
+
+
+def test_time_sync_through_the_daemons_stores_an_estimate_per_host(fleet):
+    """`latscope timesync sync` on the manager arms both daemons' responders over Redis and probes them."""
+    plan, db, secret_dir = fleet["plan"], fleet["db"], fleet["secrets"]
+    manager = plan.manager
+    run = subprocess.run([sys.executable, "-m", "latscope", "timesync", "sync", "--interface", manager.uplink,
+                          "--netns", f"/run/netns/{manager.netns}", "--token-file", str(secret_dir / "timesync"),
+                          "--host", f"host1={plan.node('host1').address}",
+                          "--host", f"host2={plan.node('host2').address}", "--session", "sync1",
+                          "--redis-host", manager.address, "--redis-password-file", str(secret_dir / "redis"),
+                          "--mysql-host", manager.address, "--mysql-password-file", str(secret_dir / "mysql")],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    states = fleet["controller"].host_states(["host1", "host2"])
+    assert all(state.get("timesync") == "armed" for state in states.values()), states
+    with pymysql.connect(**db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT host, synchronised, offset_ns, error_ns FROM clock_estimates WHERE session_id = 'sync1'")
+        estimates = {host: rest for host, *rest in cur.fetchall()}
+    print(f"clock estimates through the daemons: {estimates}")
+    assert set(estimates) == {"host1", "host2"}
+    for synchronised, offset_ns, error_ns in estimates.values():
+        assert synchronised == 1 and abs(offset_ns) <= error_ns    # one kernel clock: the truth is 0

@@ -17,6 +17,20 @@ def test_defaults_and_password_file(tmp_path):
     assert config.mysql.password == "s3cret"
     assert config.interfaces == ("eth0",) and config.limits.max_entries == 65536
     assert "s3cret" not in repr(config)
+    assert config.flow_metrics is not None and config.flow_metrics.max_flows == 16384
+    assert not config.timesync.enabled
+
+
+def test_flow_metrics_off_and_timesync_on(tmp_path):
+    token = tmp_path / "token"
+    token.write_text("0123456789abcdef0123456789abcdef\n")
+    token.chmod(0o600)
+    config = config_from_dict(_base(flow_metrics={"enabled": False},
+                                    timesync={"interface": "eth0", "manager_address": "198.18.0.1",
+                                              "token_file": str(token)}), "c.yml")
+    assert config.flow_metrics is None
+    assert config.timesync.enabled and config.timesync.responder.interface == "eth0"
+    assert "0123456789abcdef" not in repr(config)
 
 
 @pytest.mark.parametrize("raw, field", [
@@ -31,6 +45,13 @@ def test_defaults_and_password_file(tmp_path):
     (_base(spool={"max_bytes": 10}), "c.yml: spool.max_bytes"), (_base(state_dir="rel"), "c.yml: state_dir"),
     (_base(heartbeat_interval_s=0), "c.yml: heartbeat_interval_s"), (_base(colour=1), "c.yml: colour"),
     (_base(mysql={"password_file": "/nonexistent/x"}), "c.yml: mysql.password_file"),
+    (_base(flow_metrics={"max_flows": 10}), "c.yml: flow_metrics.max_flows"),
+    (_base(flow_metrics={"enabled": "yes"}), "c.yml: flow_metrics.enabled"),
+    (_base(flow_metrics={"size": 1}), "c.yml: flow_metrics.size"),
+    (_base(timesync={"interface": "eth0"}), "c.yml: timesync.manager_address"),
+    (_base(timesync={"interface": "eth0", "manager_address": "198.18.0.1"}), "c.yml: timesync.token"),
+    (_base(timesync={"interface": "eth0", "manager_address": "198.18.0.1", "token": "00" * 16, "port": 0}),
+     "c.yml: timesync.port"),
 ])
 def test_bad_settings_name_the_field(raw, field):
     with pytest.raises(InputError) as info:
