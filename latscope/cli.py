@@ -245,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="/etc/latscope/collector.yml", help="a config file with a mysql section")
     p.set_defaults(func=cmd_schema)
 
+    sub.add_parser("timesync", help="time sync: respond | probe | sync | token (latscope timesync -h)")
+    sub.add_parser("supervise", help="keep a command running without systemd (latscope supervise -h)")
+
     from latscope.analysis.commands import add_parsers as add_analysis_parsers
 
     add_analysis_parsers(sub, "/etc/latscope/collector.yml")
@@ -261,6 +264,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from latscope.supervise import main as supervise_main
 
         return supervise_main(argv[1:])
+    if argv[:1] == ["timesync"]:
+        from latscope.timesync.__main__ import main as timesync_main
+
+        return timesync_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
