@@ -34,7 +34,10 @@ __all__ = ["load", "render", "text_report"]
 
 
 def _us(value: Optional[float]) -> str:
-    return "-" if value is None else f"{value / 1000:.1f}"
+    """Microseconds: one decimal below 10 ms, whole ones above (so a column stays 8 wide)."""
+    if value is None:
+        return "-"
+    return f"{value / 1000:.1f}" if abs(value) < 10_000_000 else f"{value / 1000:.0f}"
 
 
 def _host(where: str, direction: Direction) -> str:
