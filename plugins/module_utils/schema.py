@@ -62,8 +62,8 @@ COLUMNS: Dict[str, Tuple[str, ...]] = {
     "packet_samples": ("uid", "session_id", "host", "direction", "kind", "saddr", "daddr", "sport", "dport",
                        "sample_key", "seq", "length", "flags", "first_ns", "n_stamps", "in_order"),
     "packet_stamps": ("sample_uid", "idx", "layer", "ts_ns", "ifindex", "netns"),
-    "flow_metrics": ("session_id", "host", "saddr", "daddr", "sport", "dport", "at_ns") + FLOW_METRICS
-                    + FLOW_METRIC_EXTRAS,
+    "flow_metrics": (("session_id", "host", "saddr", "daddr", "sport", "dport", "at_ns") + FLOW_METRICS
+                     + FLOW_METRIC_EXTRAS),
     "drop_counters": ("session_id", "host", "name", "at_ns", "value"),
 }
 RAW_TABLES = tuple(COLUMNS)
