@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+import subprocess
+import tempfile
 from contextlib import closing
 from pathlib import Path
 
@@ -19,9 +21,9 @@ from ansible_collections.latscope.latscope.plugins.module_utils.schema import (
     insert_sql, migrate, sample_rows, session_row)
 from latscope.analysis import data, report_text
 from latscope.collector.shipper import connector
-from latscope.demo import measure_flow
+from latscope.demo import ObserverProcess, measure_flow
 from latscope.lab import services
-from latscope.lab.netops import run
+from latscope.lab.netops import run, wait_listening
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -112,3 +114,58 @@ def test_a_delay_at_one_layer_shows_in_that_layers_row(lab, db):
     text = report_text.render(report)
     qdisc = next(line for line in text.splitlines() if line.lstrip().startswith("qdisc") and "host1" in line)
     assert float(qdisc.split()[2]) >= 1000, text          # p50 in us
+
+
+def measure_container_flow(plan, port: int, seconds: int = 2) -> list:
+    """iperf3 from host1's container to host2; host1's observer also observes the container's namespace
+    (as a collector of a container host does), host2's observes host2."""
+    container, src, dst = plan.node("host1-c1"), plan.node("host1"), plan.node("host2")
+    args = ["--size", "65536", "--port", str(port), "--seconds", "300"]
+    with tempfile.TemporaryDirectory(prefix="latscope-analysis-") as tmp:
+        observers = [ObserverProcess(src.netns, "host1", Path(tmp) / "tx.jsonl",
+                                     args + ["--netns", f"/run/netns/{container.netns}"]),
+                     ObserverProcess(dst.netns, "host2", Path(tmp) / "rx.jsonl", args)]
+        server = subprocess.Popen(["ip", "netns", "exec", dst.netns, "iperf3", "-s", "-1", "-B", dst.address, "-p",
+                                   str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            for observer in observers:
+                observer.wait_attached()
+            wait_listening(dst.netns, dst.address, port)
+            client = subprocess.run(["ip", "netns", "exec", container.netns, "iperf3", "-c", dst.address, "-p",
+                                     str(port), "-t", str(seconds), "-b", "200M"],
+                                    capture_output=True, text=True, timeout=seconds + 60, check=False)
+            assert client.returncode == 0, client.stderr
+            for observer in observers:
+                observer.stop()
+            return observers[0].records() + observers[1].records()
+        finally:
+            for process in [server, *(o.proc for o in observers)]:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+
+
+def test_container_flow_has_its_hops(lab, db):
+    records = measure_container_flow(lab.plan, 5209)
+    ship(db, records, "lab-container", 5209)
+    result = analysis_sql.materialise(db, "lab-container")
+    report = data.load(db, "lab-container")
+    directions = busiest(report)
+    assert {"data", "ack", "rtt"} <= set(directions)
+    assert directions["data"].sender == "host1" and directions["data"].matched > 50
+    assert result.closure_ok >= CLOSED_SHARE * result.rtt_samples
+    # the container's veth, host1's bridge port and uplink: one row per hop of the sender's side
+    hops = [row for row in _query(db, "SELECT hop_no, netns, ifindex, samples, p50_ns FROM analysis_paths WHERE "
+                                      "session_id = 'lab-container' AND direction = 'data' AND side = 'tx' "
+                                      "ORDER BY samples DESC, hop_no")]
+    assert len({(netns, ifindex) for _h, netns, ifindex, _n, _p in hops}) >= 3, hops
+    layers = {layer.layer: layer for layer in directions["data"].layers}
+    assert layers["tx_virt"].p50 > 0 and layers["tx_virt"].n > 50
+
+
+def _query(connection, sql: str) -> list:
+    with connection.cursor() as cursor:
+        cursor.execute(sql)
+        rows = cursor.fetchall()
+    connection.commit()
+    return [tuple(row) for row in rows]
