@@ -60,6 +60,32 @@ class LabFiles:
     def run_dir(self) -> Path:
         return self.root / "run"
 
+    @property
+    def redis_dir(self) -> Path:
+        return self.root / "redis"
+
+    @property
+    def redis_pidfile(self) -> Path:
+        return self.run_dir / "redis.pid"
+
+    @property
+    def mariadb_socket(self) -> Path:
+        return self.root / "mariadb" / "run" / "mysqld.sock"
+
+
+def _manager_vars(node: Node, files: LabFiles) -> dict[str, Any]:
+    """Where the manager role finds the lab's Redis (it takes its config over) and MariaDB (root by socket).
+
+    Test sessions use private key prefixes on the lab's Redis, so the collectors' user may use every key here.
+    """
+    return {"manager_redis_config_file": str(files.redis_dir / "redis.conf"),
+            "manager_redis_acl_file": str(files.redis_dir / "users.acl"),
+            "manager_redis_dir": str(files.redis_dir),
+            "manager_redis_pidfile": str(files.redis_pidfile),
+            "manager_redis_bind": [node.address, "127.0.0.1"],
+            "manager_redis_key_patterns": ["*"],
+            "manager_mysql_login_unix_socket": str(files.mariadb_socket)}
+
 
 def _host_vars(node: Node, files: LabFiles) -> dict[str, Any]:
     entry: dict[str, Any] = {"ansible_host": node.address, "latscope_netns": node.netns,
@@ -69,7 +95,7 @@ def _host_vars(node: Node, files: LabFiles) -> dict[str, Any]:
     if node.kind == "container":
         entry["latscope_container_host"] = node.parent
     elif node.kind == "manager":
-        entry["manager_root"] = root
+        entry.update(manager_root=root, **_manager_vars(node, files))
     else:
         entry.update(observer_root=root, observer_interfaces=[node.uplink])
     if node.containers:

@@ -204,26 +204,35 @@ def _ensure_sshd(files: LabFiles, node: Node, changes: list[str]) -> None:
 
 
 def _secrets(files: LabFiles) -> dict[str, str]:
+    """The lab's secrets; ones a newer version needs are added to an existing file (the others are kept)."""
+    values: dict[str, str] = {}
     if files.secrets_file.exists():
-        return yaml.safe_load(files.secrets_file.read_text())
-    values = build_secrets(secrets.token_urlsafe(24), secrets.token_urlsafe(24))
-    _write_private(files.secrets_file, "# LatScope lab secrets: encrypt the equivalent file of a real fleet "
-                   "with ansible-vault\n" + yaml.safe_dump(values, default_flow_style=False))
+        values = yaml.safe_load(files.secrets_file.read_text()) or {}
+    wanted = {**build_secrets(secrets.token_urlsafe(24), secrets.token_urlsafe(24)),
+              "latscope_redis_admin_password": secrets.token_urlsafe(24),
+              "latscope_mysql_collector_password": secrets.token_urlsafe(24),
+              "latscope_mysql_analysis_password": secrets.token_urlsafe(24),
+              "latscope_timesync_token": secrets.token_hex(16)}
+    missing = {key: value for key, value in wanted.items() if key not in values}
+    if missing:
+        values.update(missing)
+        _write_private(files.secrets_file, "# LatScope lab secrets: encrypt the equivalent file of a real fleet "
+                       "with ansible-vault\n" + yaml.safe_dump(values, default_flow_style=False))
     return values
 
 
 def _ensure_manager_services(files: LabFiles, lab: LabPlan, secret: dict[str, str],
                              changes: list[str], progress: Progress) -> None:
     manager = lab.manager
-    redis_dir = files.root / "redis"
+    redis_dir = files.redis_dir
     redis_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     redis_conf = redis_dir / "redis.conf"
-    text = services.redis_config([manager.address, "127.0.0.1"], REDIS_PORT, secret["latscope_redis_password"],
-                                 redis_dir, files.run_dir / "redis.pid")
-    if not redis_conf.exists() or redis_conf.read_text() != text:
-        _write_private(redis_conf, text)
+    if not redis_conf.exists():   # a bare server; the manager role owns this file once it has run
+        _write_private(redis_conf, services.redis_config([manager.address, "127.0.0.1"], REDIS_PORT,
+                                                         secret["latscope_redis_password"], redis_dir))
     progress("starting Redis on the manager")
-    _note(changes, services.ensure_redis(manager.netns, redis_conf, files.run_dir / "redis.pid"), "redis")
+    _note(changes, services.ensure_redis(manager.netns, redis_conf, files.redis_pidfile, redis_dir / "redis.log",
+                                         REDIS_PORT), "redis")
 
     maria_dir = files.root / "mariadb"
     maria_dir.mkdir(parents=True, exist_ok=True)

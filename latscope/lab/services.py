@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -112,29 +113,41 @@ def ensure_sshd(netns: str, config: Path, pidfile: Path) -> bool:
 
 
 # --- Redis ------------------------------------------------------------------
+#
+# The lab starts a bare server (one password) the way the manager role runs Redis where systemd is not
+# PID 1: under ``latscope supervise`` with the pid file and config file the lab inventory gives the role
+# (manager_redis_pidfile, manager_redis_config_file). The first deploy.yml then rewrites that config (ACL
+# users, persistence) and restarts it through the same supervisor; ``up`` never writes the file again.
 
-def redis_config(addresses: list[str], port: int, password: str, data_dir: Path, pidfile: Path) -> str:
+def redis_config(addresses: list[str], port: int, password: str, data_dir: Path) -> str:
     return "\n".join([
-        "# LatScope lab: the control plane",
+        "# LatScope lab: the control plane, bare (the manager role takes this file over)",
         f"bind {' '.join(addresses)}",
         f"port {port}",
         "protected-mode yes",
         f'requirepass "{password}"',
-        "daemonize yes",
-        f"pidfile {pidfile}",
+        "daemonize no",
         f"dir {data_dir}",
-        f"logfile {data_dir / 'redis.log'}",
+        'logfile ""',
         'save ""',
         "appendonly no",
         "",
     ])
 
 
-def ensure_redis(netns: str, config: Path, pidfile: Path) -> bool:
+def redis_listening(netns: str, port: int) -> bool:
+    """Redis answers on loopback in ``netns`` (a refused password counts: it is up)."""
+    proc = run(["redis-cli", "-h", "127.0.0.1", "-p", str(port), "ping"], netns=netns, check=False)
+    return "PONG" in proc.stdout or "NOAUTH" in proc.stdout + proc.stderr
+
+
+def ensure_redis(netns: str, config: Path, pidfile: Path, log: Path, port: int) -> bool:
+    """Start redis-server with ``config`` under ``latscope supervise`` unless it runs; True if started."""
     if running_pid(pidfile, "redis-server"):
         return False
-    run(["redis-server", str(config)], netns=netns)
-    wait_for(lambda: running_pid(pidfile, "redis-server") is not None, f"redis-server in {netns}")
+    run([sys.executable, "-m", "latscope", "supervise", "start", "--pidfile", str(pidfile), "--log", str(log),
+         "--", "redis-server", str(config)], netns=netns)
+    wait_for(lambda: redis_listening(netns, port), f"redis-server in {netns}")
     return True
 
 
