@@ -155,9 +155,8 @@ def test_container_flow_has_its_hops(lab, db):
     assert directions["data"].sender == "host1" and directions["data"].matched > 50
     assert result.closure_ok >= CLOSED_SHARE * result.rtt_samples
     # the container's veth, host1's bridge port and uplink: one row per hop of the sender's side
-    hops = [row for row in _query(db, "SELECT hop_no, netns, ifindex, samples, p50_ns FROM analysis_paths WHERE "
-                                      "session_id = 'lab-container' AND direction = 'data' AND side = 'tx' "
-                                      "ORDER BY samples DESC, hop_no")]
+    hops = _query(db, "SELECT hop_no, netns, ifindex, samples, p50_ns FROM analysis_paths WHERE "
+                      "session_id = 'lab-container' AND direction = 'data' AND side = 'tx' ORDER BY samples DESC, hop_no")
     assert len({(netns, ifindex) for _h, netns, ifindex, _n, _p in hops}) >= 3, hops
     layers = {layer.layer: layer for layer in directions["data"].layers}
     assert layers["tx_virt"].p50 > 0 and layers["tx_virt"].n > 50
