@@ -1009,20 +1009,20 @@ def _scalar(cursor: Any, sql: str, params: Optional[Mapping[str, Any]] = None) -
 
 
 def _completeness(cursor: Any, found: Inspection) -> Optional[str]:
-    """Half-shipped records: fewer stamp rows than the record says it has, or none at all."""
+    """Half-shipped records: fewer stamp rows than the record says it has, or none at all (then the
+    record has no row in the pivot: it is missing from the count of its host)."""
     missing: Dict[str, int] = {}
     for role in ROLES:
-        for host, rows, short in _rows(cursor, f"SELECT host, COUNT(*), SUM(CASE WHEN got <> n_stamps THEN 1 ELSE 0 END) "
-                                               f"FROM ls_p_{role} GROUP BY host", {}):
-            lost = found.usable(role, host) - int(rows) + int(short or 0)
+        pivoted = {host: (int(rows), int(short or 0)) for host, rows, short in _rows(
+            cursor, f"SELECT host, COUNT(*), SUM(CASE WHEN got <> n_stamps THEN 1 ELSE 0 END) FROM ls_p_{role} "
+                    "GROUP BY host", {})}
+        for host in found.hosts:
+            rows, short = pivoted.get(host, (0, 0))
+            lost = found.usable(role, host) - rows + short
             if lost:
                 missing[host] = missing.get(host, 0) + lost
-        for host in found.hosts:
-            if found.usable(role, host) and not _rows(cursor, f"SELECT 1 FROM ls_p_{role} WHERE host = %(host)s LIMIT 1",
-                                                      {"host": host}):
-                missing[host] = missing.get(host, 0) + 0
-    if any(missing.values()):
-        detail = ", ".join(f"{host}: {count}" for host, count in sorted(missing.items()) if count)
+    if missing:
+        detail = ", ".join(f"{host}: {count}" for host, count in sorted(missing.items()))
         return f"half-shipped: samples whose stamps are not all stored ({detail})"
     return None
 
