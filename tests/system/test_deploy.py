@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import subprocess
 import sys
@@ -66,8 +64,12 @@ def _await(predicate, what: str, timeout: float = 60.0):
 
 def test_deploy_runs_a_collector_on_every_host(deployed, controller):
     print(f"first deploy: {deployed['first_s']:.1f}s")
-    beats = _await(lambda: (lambda b: b if all(b.values()) else None)(controller.alive(["host1", "host2"])),
-                   "heartbeats of the deployed collectors")
+
+    def all_alive():
+        beats = controller.alive(["host1", "host2"])
+        return beats if all(beats.values()) else None
+
+    beats = _await(all_alive, "heartbeats of the deployed collectors")
     assert {beat.host for beat in beats.values()} == {"host1", "host2"}
 
 
@@ -121,3 +123,39 @@ def test_deploy_output_never_shows_a_secret(deployed, lab, lab_secrets):
     output = verbose.stdout + verbose.stderr + deployed["first"].stdout
     for secret in lab_secrets.values():
         assert secret not in output
+
+
+def test_measure_rejects_a_bad_flow_before_anything_runs(deployed, lab, controller):
+    bad = _play(lab, "measure.yml", "-e", "flow='src=host1 dst=host2 dport=70000 duration=1s'", "-e", "session=bad1")
+    assert bad.returncode != 0
+    assert "flow.dport: must be at most 65535" in bad.stdout + bad.stderr
+    states = controller.host_states(["host1", "host2"])
+    assert all(state.get("session") != "bad1" for state in states.values())
+    unknown = _play(lab, "measure.yml", "-e", "flow='src=host1 dst=host9'", "-e", "session=bad2")
+    assert unknown.returncode != 0 and "flow.dst: is not a host of the inventory" in unknown.stdout + unknown.stderr
+
+
+def test_measure_a_container_flow_end_to_end(deployed, lab, lab_secrets):
+    run = _play(lab, "measure.yml", "-e", "flow='src=host1-c1 dst=host2 dport=5402 duration=2s traffic=iperf3 rate=300M'",
+                "-e", "session=measure1")
+    assert run.returncode == 0, run.stdout[-4000:]
+    records = re.search(r"records per observer: host1=(\d+) host2=(\d+)", run.stdout)
+    assert records, run.stdout[-2000:]
+    db = {"host": lab.plan.manager.address, "user": "latscope", "password": lab_secrets["latscope_mysql_password"],
+          "database": "latscope"}
+
+    def stored():
+        with pymysql.connect(**db) as conn, conn.cursor() as cur:
+            cur.execute("SELECT host, COUNT(*) FROM packet_samples WHERE session_id = 'measure1' GROUP BY host")
+            rows = dict(cur.fetchall())
+        return rows if rows == {"host1": int(records[1]), "host2": int(records[2])} else None
+
+    # 2 s at 300 Mbit/s is ~75 MB: ~1100 samples of 64 KiB each way, every one stored
+    rows = _await(stored, f"the stored rows to equal the records the observers report ({records.groups()})", 60)
+    assert rows["host1"] > 1000, rows
+    with pymysql.connect(**db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT MAX(bytes_sent) FROM flow_metrics WHERE session_id = 'measure1' AND host = 'host1' "
+                    "AND dport = 5402")
+        (sent,) = cur.fetchone()
+    assert sent and sent > 50_000_000, sent
+    print(f"container flow: rows per observer {rows}, bytes sent per flow metrics {sent}")
