@@ -1,9 +1,11 @@
 """The README's main job on the local lab.
 
-Bring the lab up, show that Ansible reaches every machine over real SSH, then
-measure a real flow (iperf3 host1 -> host2) with the observer running on both
-hosts and print where its latency went, layer by layer. (The Ansible
-deploy/measure/analysis path replaces the measuring part as it lands.)
+Bring the lab up, show that Ansible reaches every machine over real SSH, deploy
+LatScope with ``deploy.yml``, measure a real flow between two hosts and one from
+a container with ``measure.yml`` (time sync, observers, iperf3, the analysis),
+and print where each flow's latency went, layer by layer, with the path of its
+HTML report. ``ObserverProcess`` and ``measure_flow`` run the observer directly
+(the tests use them).
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from pathlib import Path
 from typing import Callable
 
 from ansible_collections.latscope.latscope.plugins.module_utils.records import PacketRecord, record_from_dict
-from latscope.breakdown import breakdown, render
 from latscope.collector import netns
 from latscope.lab import lab
 from latscope.lab.netops import wait_listening
@@ -134,14 +135,56 @@ def measure_flow(plan: LabPlan, sender: str, receiver: str, port: int = 5201, se
                     process.wait()
 
 
+DEMO_FLOWS = (("host1", "host2", 5201), ("host1-c1", "host2", 5202))
+
+
+def play(inventory: Path, playbook: str, log: Path, *extra: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Run one of the collection's playbooks on the lab; its output goes to ``log`` (appended) and is returned."""
+    started = time.monotonic()
+    bindir = Path(sys.executable).parent
+    proc = subprocess.run([str(bindir / "ansible-playbook"), "-i", str(inventory), str(REPO / "playbooks" / playbook),
+                           *extra], capture_output=True, text=True, env={**ansible_env(), **(env or {})}, check=False)
+    with log.open("a") as sink:
+        sink.write(f"\n===== ansible-playbook {playbook} {' '.join(extra)} "
+                   f"(exit {proc.returncode}, {time.monotonic() - started:.0f}s)\n{proc.stdout}{proc.stderr}")
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def recap(output: str) -> str:
+    """'ok=.. changed=.. failed=..' summed over the PLAY RECAP lines of ``output``."""
+    totals: dict[str, int] = {}
+    for line in output.splitlines():
+        if " : ok=" in line:
+            for field in line.split(":", 1)[1].split():
+                name, _sep, value = field.partition("=")
+                if value.isdigit():
+                    totals[name] = totals.get(name, 0) + int(value)
+    return " ".join(f"{name}={totals.get(name, 0)}" for name in ("ok", "changed", "failed", "unreachable"))
+
+
+def print_report(plan: LabPlan, secrets_file: Path, session: str) -> None:
+    """The session's terminal report, read as the analysis user from the lab's MariaDB."""
+    import pymysql
+    import yaml
+
+    from latscope.analysis import data, report_text
+
+    secret = yaml.safe_load(secrets_file.read_text())
+    with pymysql.connect(host=plan.manager.address, user="latscope_analysis", database="latscope",
+                         password=secret["latscope_mysql_analysis_password"], connect_timeout=10) as connection:
+        print(report_text.render(data.load(connection, session), color=sys.stdout.isatty()))
+
+
 def run_demo(settings: LabSettings, progress: Callable[[str], None]) -> int:
+    """Lab up, ping, deploy.yml, measure.yml on a host flow and a container flow, the breakdown of each."""
     result = lab.up(settings, progress=progress)
-    print(f"lab {settings.prefix}: {len(result.plan.hosts)} hosts, {len(result.plan.containers)} containers, "
-          f"manager {result.plan.manager.address} (up in {result.seconds:.1f}s)")
-    results = ansible_ping(result.files.inventory_dir)
+    plan, files = result.plan, result.files
+    print(f"lab {settings.prefix}: {len(plan.hosts)} hosts, {len(plan.containers)} containers, "
+          f"manager {plan.manager.address} (up in {result.seconds:.1f}s)")
+    results = ansible_ping(files.inventory_dir)
     failures = 0
     print(f"{'machine':<12} {'kind':<11} {'address':<15} ssh")
-    for node in result.plan.nodes:
+    for node in plan.nodes:
         outcome = results.get(node.name, {"status": "MISSING"})
         ok = outcome.get("status") == "SUCCESS" and outcome.get("ping") == "pong"
         failures += not ok
@@ -149,11 +192,31 @@ def run_demo(settings: LabSettings, progress: Callable[[str], None]) -> int:
               f"{'pong' if ok else outcome.get('status') + ': ' + str(outcome.get('msg', ''))[:60]}")
     if failures:
         return 1
-    progress("measuring iperf3 host1 -> host2 (1 Gbit/s, 3 s) with the observer on both hosts")
-    sent, received = measure_flow(result.plan, "host1", "host2")
-    rows, matched = breakdown(sent, received, "host1", "host2", device_names(result.plan))
-    print()
-    print(render(rows, matched, "where the latency of iperf3 host1 -> host2 went (one-way, data packets):"))
-    print("(lab hosts share one kernel clock, so host1 and host2 stamps are on one timebase)")
-    print(f"inventory: {result.files.inventory_dir}   (remove the lab: .venv/bin/latscope lab down)")
-    return 0 if matched else 1
+    log = files.root / "demo.log"
+    reports = files.root / "reports"
+    print(f"(the playbooks' full output: {log})")
+    progress("ansible-playbook deploy.yml: collectors on every host; Redis, MariaDB and their users on the manager")
+    started = time.monotonic()
+    code, output = play(files.inventory_dir, "deploy.yml", log)
+    print(f"deploy.yml: {recap(output)} in {time.monotonic() - started:.0f}s")
+    if code != 0:
+        print(output[-3000:], file=sys.stderr)
+        return 1
+    stamp = time.strftime("%H%M%S")
+    for src, dst, port in DEMO_FLOWS:
+        if src not in {node.name for node in plan.nodes}:
+            continue
+        session = f"demo-{stamp}-{src}"
+        spec = f"src={src} dst={dst} dport={port} duration=3s traffic=iperf3 rate=500M"
+        progress(f"ansible-playbook measure.yml -e flow='{spec}'")
+        started = time.monotonic()
+        code, output = play(files.inventory_dir, "measure.yml", log, "-e", f"flow='{spec}'", "-e",
+                            f"session={session}", env={"LATSCOPE_REPORT_DIR": str(reports)})
+        print(f"\nmeasure.yml {src} -> {dst}: {recap(output)} in {time.monotonic() - started:.0f}s")
+        if code != 0:
+            print(output[-3000:], file=sys.stderr)
+            return 1
+        print_report(plan, files.secrets_file, session)
+        print(f"HTML report: {reports / session / 'index.html'}")
+    print(f"\ninventory: {files.inventory_dir}   (remove the lab: .venv/bin/latscope lab down)")
+    return 0
