@@ -72,6 +72,19 @@ def test_ansible_test_sanity(collection_tree):
     assert "Running sanity test \"validate-modules\"" in proc.stdout + proc.stderr
 
 
+def test_ansible_test_integration_targets(collection_tree):
+    """The targets under tests/integration/targets run with ansible-test on this machine (controller side)."""
+    targets = sorted(path.name for path in (collection_tree / "tests" / "integration" / "targets").iterdir())
+    assert targets
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(collection_tree.parents[2]))
+    proc = subprocess.run([str(ANSIBLE_TEST), "integration", "--local", "--python", "3.11", "--color", "no", *targets],
+                          cwd=collection_tree, capture_output=True, text=True, env=env, timeout=1200, check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    for target in targets:
+        assert f"Running {target} integration test role" in output
+
+
 @pytest.mark.slow
 def test_ansible_lint_production(collection_tree):
     """ansible-lint's production profile passes on the collection (its own venv: requirements/lint.txt)."""
