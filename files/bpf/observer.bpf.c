@@ -27,6 +27,14 @@
  * Kernel struct fields are read at offsets resolved from BTF at start-up (-DOFF_* macros), never
  * through header layouts. Settings come from the config map, so a session never recompiles.
  * Every loss is counted in ls_counters (latscope.h LS_C_*).
+ *
+ * Cost (bench/overhead.py measures it per hook): every hook runs for every packet of the machine, so
+ * the common path is short and the test that rejects most packets comes first - does the packet (or
+ * the bytes a socket hook sees) hold a sampled byte at all (has_key) - before the device, namespace or
+ * socket addresses are read; neighbouring kernel fields are fetched with one bpf_probe_read_kernel of
+ * their span (LS_SKB_*, LS_DEV_*, LS_SK_* below) instead of one call each; the IP and TCP headers are
+ * fetched together; the tcp_xmit stamp waits in socket storage (no hash, no delete); a device's uplink
+ * flag is only looked up by the hooks that use it.
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/ip.h>
@@ -52,7 +60,7 @@ BPF_HASH(ls_uplinks, struct ls_dev, __u8, 64);   /* (netns, ifindex) where a TX 
 BPF_HASH(ls_ports, __u16, __u8, 64);             /* sampling.ports */
 BPF_TABLE("lru_hash", struct ls_key, struct ls_event, ls_entries, LS_MAX_ENTRIES);
 BPF_TABLE("lru_hash", struct ls_key, __u64, ls_done, LS_MAX_ENTRIES);
-BPF_HASH(ls_xmit, __u64, __u64, LS_MAX_ENTRIES);  /* socket cookie -> tcp_xmit time, until ip_out */
+BPF_SK_STORAGE(ls_xmit, __u64);                   /* per socket: tcp_xmit time, until ip_out (0: none) */
 BPF_PERCPU_ARRAY(ls_counters, __u64, LS_C_COUNT);
 BPF_PERCPU_ARRAY(ls_scratch, struct ls_event, 1);
 BPF_RINGBUF_OUTPUT(ls_events, LS_RINGBUF_PAGES);
@@ -73,6 +81,26 @@ static __always_inline void count(__u32 which)
 }
 
 #define LS_READ(dst, base, off) bpf_probe_read_kernel(&(dst), sizeof(dst), (void *)(base) + (off))
+
+/* Spans: fields near each other fetched with one read into a buffer, then picked out of it.
+ * LO/HI are compile-time constants from the -DOFF_* macros; a span wider than LS_SPAN_MAX on
+ * some kernel falls back to one read per field (the #if below each span). */
+#define LS_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define LS_MAX(a, b) ((a) > (b) ? (a) : (b))
+#define LS_SPAN_MAX 128
+#define LS_PICK(dst, buf, lo, off) __builtin_memcpy(&(dst), (__u8 *)(buf) + ((off) - (lo)), sizeof(dst))
+
+/* sk_buff: len, network_header, head, data */
+#define LS_SKB_LO LS_MIN(LS_MIN(OFF_SKB_LEN, OFF_SKB_NETWORK_HEADER), LS_MIN(OFF_SKB_HEAD, OFF_SKB_DATA))
+#define LS_SKB_HI LS_MAX(LS_MAX(OFF_SKB_LEN + 4, OFF_SKB_NETWORK_HEADER + 2), LS_MAX(OFF_SKB_HEAD + 8, OFF_SKB_DATA + 8))
+/* net_device: nd_net, ifindex */
+#define LS_DEV_LO LS_MIN(OFF_DEV_NET, OFF_DEV_IFINDEX)
+#define LS_DEV_HI LS_MAX(OFF_DEV_NET + 8, OFF_DEV_IFINDEX + 4)
+/* sock_common: addresses, ports, family, net */
+#define LS_SK_LO LS_MIN(LS_MIN(LS_MIN(OFF_SK_FAMILY, OFF_SK_RCV_SADDR), LS_MIN(OFF_SK_DADDR, OFF_SK_NUM)), \
+                        LS_MIN(OFF_SK_DPORT, OFF_SK_NET))
+#define LS_SK_HI LS_MAX(LS_MAX(LS_MAX(OFF_SK_FAMILY + 2, OFF_SK_RCV_SADDR + 4), LS_MAX(OFF_SK_DADDR + 4, OFF_SK_NUM + 2)), \
+                        LS_MAX(OFF_SK_DPORT + 2, OFF_SK_NET + 8))
 
 static __always_inline struct ls_config *config(void)
 {
@@ -105,51 +133,57 @@ static __always_inline int selected(struct ls_config *cfg, struct ls_pkt *p)
     return port_ok(cfg, p->sport) || port_ok(cfg, p->dport);
 }
 
-/* Parse IPv4 + TCP from kernel memory at l3 (bytes up to `end` from l3 belong to the packet). */
+struct ls_hdrs {
+    struct iphdr ip;
+    struct tcphdr tcp;      /* where it is when the IP header has no options (ihl 5) */
+};
+
+static __always_inline void fill_pkt(struct iphdr *ip, struct tcphdr *tcp, __u32 ihl, __u32 avail, struct ls_pkt *p)
+{
+    __u32 hdr = ihl + tcp->doff * 4;
+    p->saddr = ip->saddr;
+    p->daddr = ip->daddr;
+    p->sport = bpf_ntohs(tcp->source);
+    p->dport = bpf_ntohs(tcp->dest);
+    p->seq = bpf_ntohl(tcp->seq);
+    p->ack = bpf_ntohl(tcp->ack_seq);
+    p->flags = ((__u8 *)tcp)[13];
+    p->payload = avail > hdr ? avail - hdr : 0;
+}
+
+/* Parse IPv4 + TCP from kernel memory at l3 (`avail` bytes from l3 belong to the packet):
+ * both headers in one read, a second one only for an IP header with options. */
 static __always_inline int parse_kernel(void *l3, __u32 avail, struct ls_pkt *p)
 {
-    struct iphdr ip;
-    struct tcphdr tcp;
-    if (avail < sizeof(ip) || bpf_probe_read_kernel(&ip, sizeof(ip), l3))
+    struct ls_hdrs h;
+    if (avail < sizeof(h.ip) || bpf_probe_read_kernel(&h, sizeof(h), l3))
         return -1;
-    if (ip.version != 4 || ip.protocol != IPPROTO_TCP)
+    if (h.ip.version != 4 || h.ip.protocol != IPPROTO_TCP)
         return 1;
-    __u32 ihl = ip.ihl * 4;
-    if (ihl < sizeof(ip) || bpf_probe_read_kernel(&tcp, sizeof(tcp), l3 + ihl))
+    __u32 ihl = h.ip.ihl * 4;
+    if (ihl < sizeof(h.ip))
         return -1;
-    __u32 hdr = ihl + tcp.doff * 4;
-    p->saddr = ip.saddr;
-    p->daddr = ip.daddr;
-    p->sport = bpf_ntohs(tcp.source);
-    p->dport = bpf_ntohs(tcp.dest);
-    p->seq = bpf_ntohl(tcp.seq);
-    p->ack = bpf_ntohl(tcp.ack_seq);
-    p->flags = ((__u8 *)&tcp)[13];
-    p->payload = avail > hdr ? avail - hdr : 0;
+    if (ihl != sizeof(h.ip) && bpf_probe_read_kernel(&h.tcp, sizeof(h.tcp), l3 + ihl))
+        return -1;
+    fill_pkt(&h.ip, &h.tcp, ihl, avail, p);
     return 0;
 }
 
 /* The same from a cgroup_skb context (offset 0 is the IP header). */
 static __always_inline int parse_skb_ctx(struct __sk_buff *skb, struct ls_pkt *p)
 {
-    struct iphdr ip;
-    struct tcphdr tcp;
-    if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)))
+    struct ls_hdrs h;
+    /* one load for both headers; a packet shorter than that (not a TCP one) takes the slow way */
+    if (bpf_skb_load_bytes(skb, 0, &h, sizeof(h)) && bpf_skb_load_bytes(skb, 0, &h.ip, sizeof(h.ip)))
         return -1;
-    if (ip.version != 4 || ip.protocol != IPPROTO_TCP)
+    if (h.ip.version != 4 || h.ip.protocol != IPPROTO_TCP)
         return 1;
-    __u32 ihl = ip.ihl * 4;
-    if (ihl < sizeof(ip) || bpf_skb_load_bytes(skb, ihl, &tcp, sizeof(tcp)))
+    __u32 ihl = h.ip.ihl * 4;
+    if (ihl < sizeof(h.ip))
         return -1;
-    __u32 hdr = ihl + tcp.doff * 4;
-    p->saddr = ip.saddr;
-    p->daddr = ip.daddr;
-    p->sport = bpf_ntohs(tcp.source);
-    p->dport = bpf_ntohs(tcp.dest);
-    p->seq = bpf_ntohl(tcp.seq);
-    p->ack = bpf_ntohl(tcp.ack_seq);
-    p->flags = ((__u8 *)&tcp)[13];
-    p->payload = skb->len > hdr ? skb->len - hdr : 0;
+    if (ihl != sizeof(h.ip) && bpf_skb_load_bytes(skb, ihl, &h.tcp, sizeof(h.tcp)))
+        return -1;
+    fill_pkt(&h.ip, &h.tcp, ihl, skb->len, p);
     return 0;
 }
 
@@ -262,6 +296,19 @@ static __always_inline struct ls_event *stamp(struct ls_config *cfg, struct ls_p
     return e;
 }
 
+/* Does the packet touch a sample at all: a pure ACK (always keyed), or data holding a multiple
+ * of the sample size. The cheap test that lets most packets leave before any map is touched. */
+static __always_inline int has_key(struct ls_config *cfg, struct ls_pkt *p)
+{
+    if (pure_ack(p))
+        return 1;
+    if (!p->payload)
+        return 0;
+    __u32 size = cfg->sample_size;
+    __u32 into = p->seq % size;                 /* bytes since the last multiple (wraps like the C below) */
+    return into == 0 || p->payload > size - into || p->seq + p->payload < p->seq;
+}
+
 /* Stamp every sampled byte of a data segment [seq, seq + len), and the ACK key of a pure ACK.
  * `finish` completes entries of direction `finish_dir` (the second-to-last argument). */
 static __always_inline void stamp_packet(struct ls_config *cfg, struct ls_pkt *p, __u8 mode, __u8 dir,
@@ -315,9 +362,17 @@ static __always_inline int skb_device(void *skb, __u64 *netns, __u32 *ifindex)
     void *dev = 0, *net = 0;
     if (LS_READ(dev, skb, OFF_SKB_DEV) || !dev)
         return -1;
-    if (LS_READ(net, dev, OFF_DEV_NET) || !net)
+#if LS_DEV_HI - LS_DEV_LO <= LS_SPAN_MAX
+    __u64 span[(LS_DEV_HI - LS_DEV_LO + 7) / 8];
+    if (bpf_probe_read_kernel(span, LS_DEV_HI - LS_DEV_LO, dev + LS_DEV_LO))
         return -1;
-    if (LS_READ(*netns, net, OFF_NET_COOKIE) || LS_READ(*ifindex, dev, OFF_DEV_IFINDEX))
+    LS_PICK(net, span, LS_DEV_LO, OFF_DEV_NET);
+    LS_PICK(*ifindex, span, LS_DEV_LO, OFF_DEV_IFINDEX);
+#else
+    if (LS_READ(net, dev, OFF_DEV_NET) || LS_READ(*ifindex, dev, OFF_DEV_IFINDEX))
+        return -1;
+#endif
+    if (!net || LS_READ(*netns, net, OFF_NET_COOKIE))
         return -1;
     return 0;
 }
@@ -328,11 +383,20 @@ static __always_inline int skb_packet(void *skb, int outgoing, struct ls_pkt *p)
     void *head = 0, *data = 0, *l3;
     __u32 len = 0;
     __u16 nh = 0;
-    if (LS_READ(data, skb, OFF_SKB_DATA) || LS_READ(len, skb, OFF_SKB_LEN))
+#if LS_SKB_HI - LS_SKB_LO <= LS_SPAN_MAX
+    __u64 span[(LS_SKB_HI - LS_SKB_LO + 7) / 8];
+    if (bpf_probe_read_kernel(span, LS_SKB_HI - LS_SKB_LO, skb + LS_SKB_LO))
         return -1;
+    LS_PICK(data, span, LS_SKB_LO, OFF_SKB_DATA);
+    LS_PICK(len, span, LS_SKB_LO, OFF_SKB_LEN);
+    LS_PICK(head, span, LS_SKB_LO, OFF_SKB_HEAD);
+    LS_PICK(nh, span, LS_SKB_LO, OFF_SKB_NETWORK_HEADER);
+#else
+    if (LS_READ(data, skb, OFF_SKB_DATA) || LS_READ(len, skb, OFF_SKB_LEN) ||
+        LS_READ(head, skb, OFF_SKB_HEAD) || LS_READ(nh, skb, OFF_SKB_NETWORK_HEADER))
+        return -1;
+#endif
     if (outgoing) {
-        if (LS_READ(head, skb, OFF_SKB_HEAD) || LS_READ(nh, skb, OFF_SKB_NETWORK_HEADER))
-            return -1;
         l3 = head + nh;
         __u64 before = (__u64)(l3 - data);
         if (before > 256)
@@ -351,21 +415,25 @@ static __always_inline int device_hook(void *skb, int outgoing, __u8 layer, int 
         return 0;
     __u64 netns = 0;
     __u32 ifindex = 0;
-    if (skb_device(skb, &netns, &ifindex) || !in_scope(netns))
-        return 0;
+    /* headers first: most packets hold no sampled byte and leave here, before the device is read */
     struct ls_pkt p = {};
     int rc = skb_packet(skb, outgoing, &p);
     if (rc) {
-        if (rc < 0)
+        if (rc < 0 && !skb_device(skb, &netns, &ifindex) && in_scope(netns))
             count(LS_C_PARSE_FAILED);
         return 0;
     }
-    if (!selected(cfg, &p))
+    if (!has_key(cfg, &p) || !selected(cfg, &p))
         return 0;
-    struct ls_dev dev = {};
-    dev.netns = netns;
-    dev.ifindex = ifindex;
-    int uplink = ls_uplinks.lookup(&dev) != 0;
+    if (skb_device(skb, &netns, &ifindex) || !in_scope(netns))
+        return 0;
+    int uplink = 0;
+    if (create || finish) {     /* only these hooks care whether the device is an uplink */
+        struct ls_dev dev = {};
+        dev.netns = netns;
+        dev.ifindex = ifindex;
+        uplink = ls_uplinks.lookup(&dev) != 0;
+    }
     __u64 ts = bpf_ktime_get_ns();
     if (create && uplink)       /* a receive on an uplink starts the host's RX record */
         stamp_packet(cfg, &p, MODE_CREATE, LS_DIR_RX, layer, ts, netns, ifindex, 0, 0);
@@ -414,11 +482,26 @@ static __always_inline int sock_flow(void *sk, int out, struct ls_pkt *p, __u64 
     __u32 local = 0, remote = 0;
     __u16 lport = 0, rport = 0, family = 0;
     void *net = 0;
+#if LS_SK_HI - LS_SK_LO <= LS_SPAN_MAX
+    __u64 span[(LS_SK_HI - LS_SK_LO + 7) / 8];
+    if (bpf_probe_read_kernel(span, LS_SK_HI - LS_SK_LO, sk + LS_SK_LO))
+        return -1;
+    LS_PICK(family, span, LS_SK_LO, OFF_SK_FAMILY);
+    if (family != 2 /* AF_INET */)
+        return -1;
+    LS_PICK(local, span, LS_SK_LO, OFF_SK_RCV_SADDR);
+    LS_PICK(remote, span, LS_SK_LO, OFF_SK_DADDR);
+    LS_PICK(lport, span, LS_SK_LO, OFF_SK_NUM);
+    LS_PICK(rport, span, LS_SK_LO, OFF_SK_DPORT);
+    LS_PICK(net, span, LS_SK_LO, OFF_SK_NET);
+#else
     if (LS_READ(family, sk, OFF_SK_FAMILY) || family != 2 /* AF_INET */)
         return -1;
     if (LS_READ(local, sk, OFF_SK_RCV_SADDR) || LS_READ(remote, sk, OFF_SK_DADDR) ||
-        LS_READ(lport, sk, OFF_SK_NUM) || LS_READ(rport, sk, OFF_SK_DPORT) || LS_READ(net, sk, OFF_SK_NET) || !net ||
-        LS_READ(*netns, net, OFF_NET_COOKIE))
+        LS_READ(lport, sk, OFF_SK_NUM) || LS_READ(rport, sk, OFF_SK_DPORT) || LS_READ(net, sk, OFF_SK_NET))
+        return -1;
+#endif
+    if (!net || LS_READ(*netns, net, OFF_NET_COOKIE))
         return -1;
     rport = bpf_ntohs(rport);
     if (out) {
@@ -439,8 +522,6 @@ int ls_tcp_sendmsg_locked(struct bpf_raw_tracepoint_args *ctx)
         return 0;
     struct ls_pkt p = {};
     __u64 netns = 0;
-    if (sock_flow(sk, 1, &p, &netns) || !in_scope(netns) || !selected(cfg, &p))
-        return 0;
     __u32 write_seq = 0;
     __u64 left = 0;
     if (LS_READ(write_seq, sk, OFF_TP_WRITE_SEQ) || LS_READ(left, msg, OFF_MSG_ITER_COUNT))
@@ -448,6 +529,10 @@ int ls_tcp_sendmsg_locked(struct bpf_raw_tracepoint_args *ctx)
     p.seq = write_seq;
     p.payload = left > 0x7fffffff ? 0x7fffffff : (__u32)left;
     p.flags = 0x18; /* PSH|ACK: data, never a pure ACK */
+    /* a write holding no sampled byte leaves before the socket's addresses are read */
+    if (!has_key(cfg, &p) || sock_flow(sk, 1, &p, &netns) || !in_scope(netns) || !selected(cfg, &p))
+        return 0;
+    p.flags = 0x18;
     stamp_packet(cfg, &p, MODE_CREATE, LS_DIR_TX, LS_L_APP_SEND, bpf_ktime_get_ns(), netns, 0, 0, 0);
     return 0;
 }
@@ -462,13 +547,14 @@ int ls_skb_copy_datagram_iovec(struct bpf_raw_tracepoint_args *ctx)
         return 0;
     struct ls_pkt p = {};
     __u64 netns = 0;
-    if (sock_flow(sk, 0, &p, &netns) || !in_scope(netns) || !selected(cfg, &p))
-        return 0;
     __u32 copied = 0;
     if (LS_READ(copied, sk, OFF_TP_COPIED_SEQ))
         return 0;
     p.seq = copied;
     p.payload = len;
+    p.flags = 0x18;
+    if (!has_key(cfg, &p) || sock_flow(sk, 0, &p, &netns) || !in_scope(netns) || !selected(cfg, &p))
+        return 0;
     p.flags = 0x18;
     stamp_packet(cfg, &p, MODE_APPEND, LS_DIR_RX, LS_L_APP_COPY, bpf_ktime_get_ns(), netns, 0, 0, 0);
     return 0;
@@ -488,13 +574,14 @@ int ls_sock_recv_length(struct bpf_raw_tracepoint_args *ctx)
         return 0;
     struct ls_pkt p = {};
     __u64 netns = 0;
-    if (sock_flow(sk, 0, &p, &netns) || !in_scope(netns) || !selected(cfg, &p))
-        return 0;
     __u32 copied = 0;
     if (LS_READ(copied, sk, OFF_TP_COPIED_SEQ))
         return 0;
     p.seq = copied - (__u32)ret;
     p.payload = ret;
+    p.flags = 0x18;
+    if (!has_key(cfg, &p) || sock_flow(sk, 0, &p, &netns) || !in_scope(netns) || !selected(cfg, &p))
+        return 0;
     p.flags = 0x18;
     stamp_packet(cfg, &p, MODE_APPEND, LS_DIR_RX, LS_L_APP_RECV, bpf_ktime_get_ns(), netns, 0, 1, 1);
     return 0;
@@ -528,12 +615,17 @@ int ls_sock_ops(struct bpf_sock_ops *ctx)
         bpf_sock_ops_cb_flags_set(ctx, ctx->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
         return 1;
     case BPF_SOCK_OPS_HDR_OPT_LEN_CB: {
-        __u64 cookie = bpf_get_socket_cookie(ctx);
-        __u64 now = bpf_ktime_get_ns();
-        if (ls_xmit.lookup(&cookie))
-            count(LS_C_XMIT_UNMATCHED);  /* the previous skb never reached IP output */
-        if (ls_xmit.update(&cookie, &now))
+        struct bpf_sock *sk = ctx->sk;
+        if (!sk)
+            return 1;
+        __u64 *xmit = ls_xmit.sk_storage_get(sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+        if (!xmit) {
             count(LS_C_MAP_FULL);
+            return 1;
+        }
+        if (*xmit)
+            count(LS_C_XMIT_UNMATCHED);  /* the previous skb never reached IP output */
+        *xmit = bpf_ktime_get_ns();
         return 1;
     }
     }
@@ -559,14 +651,23 @@ int ls_cgroup_egress(struct __sk_buff *skb)
     }
     if (!selected(cfg, &p))
         return 1;
-    __u64 now = bpf_ktime_get_ns();
-    __u64 cookie = bpf_get_socket_cookie(skb);
-    __u64 *xmit = ls_xmit.lookup(&cookie);
-    if (xmit) {
-        __u64 xmit_ts = *xmit;
-        ls_xmit.delete(&cookie);
-        stamp_packet(cfg, &p, MODE_CREATE, LS_DIR_TX, LS_L_TCP_XMIT, xmit_ts, netns, 0, 0, 0);
+    /* the tcp_xmit stamp of this skb (sock_ops) is consumed whether or not the skb holds a sample */
+    __u64 xmit_ts = 0;
+    struct bpf_sock *sk = skb->sk;
+    if (sk)
+        sk = bpf_sk_fullsock(sk);
+    if (sk) {
+        __u64 *xmit = ls_xmit.sk_storage_get(sk, 0, 0);
+        if (xmit) {
+            xmit_ts = *xmit;
+            *xmit = 0;
+        }
     }
+    if (!has_key(cfg, &p))
+        return 1;
+    __u64 now = bpf_ktime_get_ns();
+    if (xmit_ts)
+        stamp_packet(cfg, &p, MODE_CREATE, LS_DIR_TX, LS_L_TCP_XMIT, xmit_ts, netns, 0, 0, 0);
     stamp_packet(cfg, &p, MODE_CREATE, LS_DIR_TX, LS_L_IP_OUT, now, netns, 0, 0, 0);
     return 1;
 }
