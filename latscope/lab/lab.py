@@ -238,6 +238,8 @@ def _ensure_manager_services(files: LabFiles, lab: LabPlan, secret: dict[str, st
     maria_dir.mkdir(parents=True, exist_ok=True)
     maria_dir.chmod(0o755)
     maria_conf = maria_dir / "my.cnf"
+    (maria_dir / "tmp").mkdir(mode=0o700, exist_ok=True)
+    shutil.chown(maria_dir / "tmp", "mysql", "mysql")
     sock_dir = maria_dir / "run"
     text = services.mariadb_config(manager.address, MYSQL_PORT, maria_dir / "data", sock_dir / "mysqld.sock",
                                    sock_dir / "mysqld.pid", sock_dir / "error.log")

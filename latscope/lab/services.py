@@ -159,6 +159,8 @@ def mariadb_config(address: str, port: int, data_dir: Path, socket: Path, pidfil
         "[mysqld]",
         "user = mysql",
         f"datadir = {data_dir}",
+        # its own temporary directory: large sorts spill here, out of reach of whatever cleans /tmp
+        f"tmpdir = {data_dir.parent / 'tmp'}",
         f"socket = {socket}",
         f"pid-file = {pidfile}",
         f"log-error = {log}",

@@ -88,7 +88,7 @@ class Layer:
 
 
 # One-way path of a packet, in order. Consecutive, so that on one timebase they add up to the whole
-# (first stamp on the sender to last on the receiver). Names follow latscope/breakdown.py.
+# (first stamp on the sender to last on the receiver).
 ONE_WAY_LAYERS: Tuple[Layer, ...] = (
     Layer("tx_app", "sender", "socket send queue + TCP"),      # app_send -> tcp_xmit
     Layer("tx_tcp", "sender", "TCP -> IP"),                    # tcp_xmit -> ip_out
@@ -131,8 +131,7 @@ RTT_PARTS: Tuple[RttPart, ...] = (
 )
 RTT = Layer("rtt", "sender", "RTT measured by the sender")
 
-# Names of the consecutive-stamp segments of a device path (the hop tables). The first ones are those
-# of latscope/breakdown.py, unchanged.
+# Names of the consecutive-stamp segments of a device path (the hop tables).
 SEGMENT_NAMES: Dict[Tuple[str, str], str] = {
     ("app_send", "tcp_xmit"): "socket send queue + TCP",
     ("tcp_xmit", "ip_out"): "TCP -> IP",

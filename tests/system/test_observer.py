@@ -76,8 +76,11 @@ def test_receiver_finds_the_senders_keys(observed_flows):
     sent = {(r.flow, r.key) for r in _data(h1, "tx") if not r.flags & FLAG_REPEAT}
     received = {(r.flow, r.key) for r in _data(h2, "rx")}
     found = len(sent & received) / len(sent)
-    print(f"receiver found {found:.1%} of {len(sent)} sender keys")
-    assert found >= 0.95
+    # A record the receiver's ring buffer had no room for is lost and counted (ringbuf_full): on a loaded
+    # machine the Python consumer falls behind. Every other miss is a matching failure.
+    dropped = observed_flows["counters"]["host2"].get("ringbuf_full", 0)
+    print(f"receiver found {found:.1%} of {len(sent)} sender keys ({dropped} receiver records dropped, counted)")
+    assert len(sent - received) <= 0.05 * len(sent) + dropped
 
 
 def test_every_record_has_ordered_stamps_through_every_layer(observed_flows):
