@@ -97,6 +97,12 @@ options:
       - Fail before sending when a host's collector has no live heartbeat.
     type: bool
     default: true
+  wait_alive:
+    description:
+      - With I(require_alive), seconds to wait for every collector's heartbeat before failing (a collector
+        just (re)started by C(deploy.yml) compiles its BPF programs first).
+    type: float
+    default: 0
 attributes:
   check_mode:
     support: full
@@ -153,6 +159,8 @@ hosts:
     host1: {ok: true, error: "", timed_out: false, state: {state: running, session: run-42, hooks: 14}}
 '''
 
+import time
+
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.latscope.latscope.plugins.module_utils.ansible_control import (
@@ -182,6 +190,7 @@ def main() -> None:
         duration={"type": "float"},
         timeout={"type": "float", "default": 30.0},
         require_alive={"type": "bool", "default": True},
+        wait_alive={"type": "float", "default": 0.0},
     )
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
     params = module.params
@@ -206,7 +215,11 @@ def main() -> None:
         if not todo or module.check_mode:
             module.exit_json(**result)
         if params["require_alive"]:
+            deadline = time.monotonic() + max(0.0, params["wait_alive"])
             dead = [h for h, beat in control.alive(todo).items() if beat is None]
+            while dead and time.monotonic() < deadline:
+                time.sleep(1.0)
+                dead = [h for h, beat in control.alive(dead).items() if beat is None]
             if dead:
                 module.fail_json(msg=f"hosts: no live collector heartbeat from {', '.join(dead)} "
                                      "(is the observer deployed and running?)", field="hosts", **result)
