@@ -16,9 +16,11 @@ import socket
 import struct
 import threading
 from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
 
 SO_NETNS_COOKIE = 71
 CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -40,27 +42,24 @@ class NamespaceInfo:
     interfaces: dict[str, int]
 
 
-def _inside(path: str) -> NamespaceInfo:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise NetnsError(f"cannot enter network namespace {path}: {os.strerror(err)}")
-    finally:
-        os.close(fd)
-    return NamespaceInfo(path=path, cookie=own_cookie(),
-                         interfaces={name: index for index, name in socket.if_nameindex()})
+def run_inside(path: str, work: Callable[[], T]) -> T:
+    """Run ``work()`` in the network namespace at ``path``, on a throwaway thread that entered it.
 
-
-def describe(path: str) -> NamespaceInfo:
-    """Cookie and interfaces of the namespace at ``path`` (entered in a throwaway thread)."""
-    if not os.path.exists(path):
-        raise NetnsError(f"network namespace {path} does not exist")
-    result: list[NamespaceInfo | BaseException] = []
+    The calling thread (and so the daemon) never changes namespace; what ``work`` returns or raises
+    is handed back. Failing to enter is a NetnsError.
+    """
+    result: list[Any] = []
 
     def worker() -> None:
         try:
-            result.append(_inside(path))
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if _libc.setns(fd, CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise NetnsError(f"cannot enter network namespace {path}: {os.strerror(err)}")
+            finally:
+                os.close(fd)
+            result.append(work())
         except BaseException as exc:  # noqa: BLE001 - handed back to the caller's thread
             result.append(exc)
 
@@ -70,6 +69,14 @@ def describe(path: str) -> NamespaceInfo:
     if isinstance(result[0], BaseException):
         raise result[0]
     return result[0]
+
+
+def describe(path: str) -> NamespaceInfo:
+    """Cookie and interfaces of the namespace at ``path`` (entered in a throwaway thread)."""
+    if not os.path.exists(path):
+        raise NetnsError(f"network namespace {path} does not exist")
+    return run_inside(path, lambda: NamespaceInfo(path=path, cookie=own_cookie(), interfaces={
+        name: index for index, name in socket.if_nameindex()}))
 
 
 def describe_own() -> NamespaceInfo:

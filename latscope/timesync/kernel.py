@@ -18,7 +18,6 @@ import json
 import os
 import socket
 import subprocess
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +27,10 @@ from ansible_collections.latscope.latscope.plugins.module_utils.errors import In
 from ansible_collections.latscope.latscope.plugins.module_utils.kernel import headers
 from ansible_collections.latscope.latscope.plugins.module_utils.kernel.capabilities import (
     ATTACH_XDP, XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE, Bpf, Syscalls)
+from latscope.collector import netns as netns_ops
 
 BPF_DIR = Path(__file__).resolve().parents[2] / "files" / "bpf"
 ATTACH_TCX_EGRESS = 47
-CLONE_NEWNET = 0x40000000
 XDP_MODES = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
 IP_TIMEOUT_S = 10
 T = TypeVar("T")
@@ -56,27 +55,10 @@ def in_netns(netns: str | None, work: Callable[[], T]) -> T:
         return work()
     if not os.path.exists(netns):
         raise InputError("netns", "no such network namespace", netns)
-    result: list[Any] = []
-
-    def target() -> None:
-        try:
-            fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise KernelError(f"cannot enter network namespace {netns}: {os.strerror(err)}")
-            finally:
-                os.close(fd)
-            result.append(work())
-        except BaseException as exc:  # noqa: BLE001 - handed back to the caller's thread
-            result.append(exc)
-
-    thread = threading.Thread(target=target, name="latscope-timesync-netns", daemon=True)
-    thread.start()
-    thread.join()
-    if isinstance(result[0], BaseException):
-        raise result[0]
-    return result[0]
+    try:
+        return netns_ops.run_inside(netns, work)
+    except netns_ops.NetnsError as exc:
+        raise KernelError(str(exc)) from None
 
 
 def link_info(interface: str) -> dict[str, Any]:
