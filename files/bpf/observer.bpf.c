@@ -634,22 +634,27 @@ int ls_sock_ops(struct bpf_sock_ops *ctx)
 
 /* ---- cgroup_skb: IP output and TCP receive ------------------------------------------------- */
 
-int ls_cgroup_egress(struct __sk_buff *skb)
+/* 1 if `skb` is in scope and selected, with its namespace and parsed headers; parse failures counted. */
+static __always_inline int our_skb(struct ls_config *cfg, struct __sk_buff *skb, __u64 *netns, struct ls_pkt *p)
 {
-    struct ls_config *cfg = config();
-    if (!cfg)
-        return 1;
-    __u64 netns = bpf_get_netns_cookie(skb);
-    if (!in_scope(netns))
-        return 1;
-    struct ls_pkt p = {};
-    int rc = parse_skb_ctx(skb, &p);
+    *netns = bpf_get_netns_cookie(skb);
+    if (!in_scope(*netns))
+        return 0;
+    int rc = parse_skb_ctx(skb, p);
     if (rc) {
         if (rc < 0)
             count(LS_C_PARSE_FAILED);
-        return 1;
+        return 0;
     }
-    if (!selected(cfg, &p))
+    return selected(cfg, p);
+}
+
+int ls_cgroup_egress(struct __sk_buff *skb)
+{
+    struct ls_config *cfg = config();
+    __u64 netns = 0;
+    struct ls_pkt p = {};
+    if (!cfg || !our_skb(cfg, skb, &netns, &p))
         return 1;
     /* the tcp_xmit stamp of this skb (sock_ops) is consumed whether or not the skb holds a sample */
     __u64 xmit_ts = 0;
@@ -675,19 +680,9 @@ int ls_cgroup_egress(struct __sk_buff *skb)
 int ls_cgroup_ingress(struct __sk_buff *skb)
 {
     struct ls_config *cfg = config();
-    if (!cfg)
-        return 1;
-    __u64 netns = bpf_get_netns_cookie(skb);
-    if (!in_scope(netns))
-        return 1;
+    __u64 netns = 0;
     struct ls_pkt p = {};
-    int rc = parse_skb_ctx(skb, &p);
-    if (rc) {
-        if (rc < 0)
-            count(LS_C_PARSE_FAILED);
-        return 1;
-    }
-    if (!selected(cfg, &p))
+    if (!cfg || !our_skb(cfg, skb, &netns, &p))
         return 1;
     stamp_packet(cfg, &p, MODE_APPEND, LS_DIR_RX, LS_L_TCP_RX, bpf_ktime_get_ns(), netns, 0, 1, 2);
     return 1;
