@@ -40,7 +40,7 @@ from ansible_collections.latscope.latscope.plugins.module_utils.kernel.capabilit
     ATTACH_CGROUP_SOCK_OPS, BPF_ATTR_SIZE, Bpf, Syscalls)
 from ansible_collections.latscope.latscope.plugins.module_utils.metrics import COUNTERS, FlowMetrics
 from ansible_collections.latscope.latscope.plugins.module_utils.sampling import FlowFilter, Sampling
-from latscope.collector.observer import _net as filter_net, host_scope
+from latscope.collector.observer import filter_net, host_scope
 
 BPF_DIR = Path(__file__).resolve().parents[2] / "files" / "bpf"
 SOURCE = "flowmetrics.bpf.c"

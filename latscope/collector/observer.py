@@ -102,7 +102,7 @@ class Scope:
     uplinks: list[tuple[int, int]]  # (netns cookie, ifindex)
 
 
-def _net(value: str | None) -> tuple[int, int]:
+def filter_net(value: str | None) -> tuple[int, int]:
     """(network, mask) in network byte order as the C compares them; (0, 0) for any."""
     if not value:
         return 0, 0
@@ -169,8 +169,8 @@ class Observer:
         cfg = table.Leaf()
         cfg.enabled = enabled
         cfg.sample_size = sampling.size
-        cfg.src_net, cfg.src_mask = _net(flow.src)
-        cfg.dst_net, cfg.dst_mask = _net(flow.dst)
+        cfg.src_net, cfg.src_mask = filter_net(flow.src)
+        cfg.dst_net, cfg.dst_mask = filter_net(flow.dst)
         cfg.sport = flow.sport or 0
         cfg.dport = flow.dport or 0
         cfg.any_port = 0 if sampling.ports else 1
@@ -287,4 +287,4 @@ def host_scope(namespace_paths: list[str], uplink_names: list[str]) -> Scope:
     return Scope(namespaces=cookies, uplinks=uplinks)
 
 
-__all__ = ["Observer", "ObserverLimits", "Scope", "compile_source", "host_scope"]
+__all__ = ["Observer", "ObserverLimits", "Scope", "compile_source", "filter_net", "host_scope"]
