@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import pymysql
 import pytest
 import yaml
 
@@ -213,6 +214,37 @@ def test_the_systemd_collector_heartbeats_through_redis(slab, deployed, controll
 
     beats = _await(beating, f"heartbeats of both collectors, host1's from MainPID {main}")
     assert beats["host1"].hook_profile == beats["host2"].hook_profile == "tracepoint"
+
+
+def test_a_session_through_the_systemd_collector_stores_rows(slab, deployed, controller):
+    """The unit's sandbox (ProtectSystem=full...) still lets the collector observe: iperf3 host1 -> host2."""
+    plan = slab.plan
+    acks = controller.start_session(["host1", "host2"], "sd1", {"dport": 5411}, {"size": 65536}, timeout_s=60)
+    assert all(ack.ok for ack in acks.values()), acks
+    host2 = plan.node("host2")
+    server = subprocess.Popen(["ip", "netns", "exec", host2.netns, "iperf3", "-s", "-1", "-B", host2.address,
+                               "-p", "5411"], stdout=subprocess.DEVNULL)
+    try:
+        netops.wait_listening(host2.netns, host2.address, 5411)
+        client = subprocess.run(["ip", "netns", "exec", plan.node("host1").netns, "iperf3", "-c", host2.address,
+                                 "-p", "5411", "-t", "1", "-b", "200M"], capture_output=True, text=True, timeout=60,
+                                check=False)
+        assert client.returncode == 0, client.stderr
+    finally:
+        server.wait(timeout=30)
+    acks = controller.stop_session(["host1", "host2"], "sd1", timeout_s=60)
+    assert all(ack.ok for ack in acks.values()), acks
+    secrets = yaml.safe_load(slab.files.secrets_file.read_text())
+    db = {"host": plan.manager.address, "user": "latscope", "password": secrets["latscope_mysql_password"],
+          "database": "latscope"}
+
+    def stored():
+        with pymysql.connect(**db) as conn, conn.cursor() as cur:
+            cur.execute("SELECT host, COUNT(*) FROM packet_samples WHERE session_id = 'sd1' GROUP BY host")
+            rows = dict(cur.fetchall())
+        return rows if rows.get("host1", 0) > 100 and rows.get("host2", 0) > 100 else None
+
+    print(f"rows stored per host: {_await(stored, 'rows from both collectors', 60)}")
 
 
 def test_systemd_restarts_a_collector_killed_with_sigkill(slab, deployed, controller):
