@@ -1,6 +1,6 @@
 """The ``latscope`` command line.
 
-  latscope lab up [--hosts N] [--containers M] [--range CIDR] [--prefix P]
+  latscope lab up [--hosts N] [--containers M] [--systemd-hosts K] [--range CIDR] [--prefix P]
   latscope lab down [--prefix P | --all]
   latscope lab status [--prefix P]
   latscope headers [--ensure]
@@ -31,6 +31,7 @@ EXIT_FAILURE = 1
 EPILOG = """examples:
   latscope lab up                       # manager + 2 hosts, 1 container each, in 198.18.0.0/16
   latscope lab up --hosts 8 --containers 0
+  latscope lab up --systemd-hosts 1     # host1 runs systemd as its PID 1 (the roles' systemd branch)
   latscope lab status
   latscope lab down --all               # remove every lab on this machine
   latscope demo                         # lab up, then every lab machine answers over SSH
@@ -44,7 +45,8 @@ def _progress(message: str) -> None:
 def _lab_settings(args: argparse.Namespace):
     from latscope.lab.settings import LabSettings
 
-    raw = {"prefix": args.prefix, "hosts": args.hosts, "containers": args.containers, "range": args.range}
+    raw = {"prefix": args.prefix, "hosts": args.hosts, "containers": args.containers, "range": args.range,
+           "systemd_hosts": args.systemd_hosts}
     if args.state_dir:
         raw["state_dir"] = args.state_dir
     return LabSettings.from_dict(raw)
@@ -58,6 +60,7 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
         print(json.dumps({"changed": bool(result.changes), "changes": result.changes,
                           "inventory": str(result.files.inventory_dir), "seconds": round(result.seconds, 2),
                           "hosts": [n.name for n in result.plan.hosts],
+                          "systemd_hosts": [n.name for n in result.plan.hosts if n.systemd],
                           "containers": [n.name for n in result.plan.containers]}))
         return 0
     what = ", ".join(result.changes) if result.changes else "nothing (already up)"
@@ -185,6 +188,8 @@ def _add_lab_options(parser: argparse.ArgumentParser, full: bool = True) -> None
     if full:
         parser.add_argument("--hosts", type=str, default="2", help="lab hosts, 1-8 (default 2)")
         parser.add_argument("--containers", type=str, default="1", help="containers per host, 0-4 (default 1)")
+        parser.add_argument("--systemd-hosts", type=str, default="0", help="how many of the hosts (the first ones) "
+                            "run systemd as PID 1 of their own PID and mount namespaces (default 0)")
         parser.add_argument("--range", default=DEFAULT_RANGE, help=f"address range (default {DEFAULT_RANGE})")
 
 

@@ -21,7 +21,7 @@ from typing import Callable
 import yaml
 
 from ansible_collections.latscope.latscope.plugins.module_utils.errors import InputError
-from latscope.lab import netops, services
+from latscope.lab import netops, services, systemd_host
 from latscope.lab.inventory import (MYSQL_DATABASE, MYSQL_PORT, MYSQL_USER, REDIS_PORT, LabFiles,
                                     build_inventory, build_secrets)
 from latscope.lab.netops import CommandError, run
@@ -193,13 +193,21 @@ def _ensure_keys(files: LabFiles, lab: LabPlan, changes: list[str]) -> None:
         files.known_hosts.write_text(text)
 
 
-def _ensure_sshd(files: LabFiles, node: Node, changes: list[str]) -> None:
+def _ensure_sshd(files: LabFiles, lab: LabPlan, node: Node, changes: list[str], progress: Progress) -> None:
+    """sshd of ``node``: a daemon in its namespace, or a service of its systemd on a systemd host."""
     config = files.ssh_dir / f"sshd_{node.name}.conf"
     pidfile = files.run_dir / f"sshd_{node.name}.pid"
     text = services.sshd_config(node.name, node.address, files.ssh_dir / f"host_{node.name}",
-                                files.ssh_dir / "authorized_keys", pidfile)
-    if not config.exists() or config.read_text() != text:
+                                files.ssh_dir / "authorized_keys", None if node.systemd else pidfile)
+    config_changed = not config.exists() or config.read_text() != text
+    if config_changed:
         config.write_text(text)
+    if node.systemd:
+        progress(f"systemd on {node.name}")
+        dirs = systemd_host.HostDirs(files.root, node)
+        started = systemd_host.ensure(lab.settings.prefix, node, dirs, config, restart_sshd=config_changed)
+        _note(changes, started, f"systemd and sshd on {node.name}")
+        return
     _note(changes, services.ensure_sshd(node.netns, config, pidfile), f"sshd on {node.name}")
 
 
@@ -275,7 +283,8 @@ def up(settings: LabSettings, progress: Progress | None = None) -> UpResult:
     files = LabFiles(Path(settings.state_dir))
     state = load_state(files)
     _check_conflicts(lab, state)
-    for tool in ("ip", "ssh-keygen", services.SSHD, "redis-server", "mariadbd", "mariadb-install-db"):
+    tools = ("ip", "ssh-keygen", services.SSHD, "redis-server", "mariadbd", "mariadb-install-db")
+    for tool in tools + (systemd_host.TOOLS if settings.systemd_hosts else ()):
         if shutil.which(tool) is None and not Path(tool).exists():
             raise InputError("packages", f"{tool} is not installed; run scripts/bootstrap.sh")
     result = UpResult(plan=lab, files=files)
@@ -288,7 +297,7 @@ def up(settings: LabSettings, progress: Progress | None = None) -> UpResult:
     _ensure_keys(files, lab, result.changes)
     progress("starting sshd on every machine")
     for node in lab.nodes:
-        _ensure_sshd(files, node, result.changes)
+        _ensure_sshd(files, lab, node, result.changes, progress)
     secret = _secrets(files)
     _ensure_manager_services(files, lab, secret, result.changes, progress)
     _write_inventory(files, lab, result.changes)
@@ -327,7 +336,16 @@ def down(prefix: str, state_dir: str | None = None, progress: Progress | None = 
         result.seconds = time.monotonic() - started
         return result
     lab = plan(LabSettings.from_dict(state["settings"]))
-    # Daemons first, by pid file, then anything else still running in our namespaces.
+    existing = netops.namespaces()
+    # systemd hosts first: SIGKILL to their PID 1 ends every process in them (SIGTERM would make it re-execute);
+    # their cgroups go too, also those of one that died before.
+    for node in lab.hosts:
+        if node.systemd:
+            pid = systemd_host.stop(lab.settings.prefix, node, systemd_host.HostDirs(files.root, node))
+            if pid:
+                progress(f"stopped systemd on {node.name} ({pid})")
+                result.removed.append(f"systemd {pid} on {node.name}")
+    # Daemons next, by pid file, then anything else still running in our namespaces.
     for pidfile, marker in [(files.run_dir / "redis.pid", "redis-server"),
                             (files.root / "mariadb" / "run" / "mysqld.pid", "mariadbd"),
                             *[(files.run_dir / f"sshd_{n.name}.pid", "sshd") for n in lab.nodes]]:
@@ -336,7 +354,6 @@ def down(prefix: str, state_dir: str | None = None, progress: Progress | None = 
             progress(f"stopping {marker} ({pid})")
             services.stop_pid(pid)
             result.removed.append(f"{marker} {pid}")
-    existing = netops.namespaces()
     for netns in lab.namespaces:
         if netns in existing:
             for pid in netops.netns_pids(netns):
@@ -368,9 +385,16 @@ def status(prefix: str) -> dict:
     existing = netops.namespaces()
     nodes = []
     for node in lab.nodes:
-        pid = services.running_pid(files.run_dir / f"sshd_{node.name}.pid", "sshd")
-        nodes.append({"name": node.name, "kind": node.kind, "address": node.address, "netns": node.netns,
-                      "netns_present": node.netns in existing, "sshd": bool(pid)})
+        entry = {"name": node.name, "kind": node.kind, "address": node.address, "netns": node.netns,
+                 "netns_present": node.netns in existing}
+        if node.systemd:
+            pid = systemd_host.systemd_pid(node.netns) if node.netns in existing else None
+            entry.update(init="systemd", systemd_pid=pid,
+                         systemd_state=systemd_host.state(pid) if pid else None,
+                         sshd=bool(pid) and systemd_host.sshd_active(node))
+        else:
+            entry["sshd"] = bool(services.running_pid(files.run_dir / f"sshd_{node.name}.pid", "sshd"))
+        nodes.append(entry)
     return {"prefix": prefix, "up": bool(state.get("complete")), "settings": state["settings"],
             "inventory": str(files.inventory_dir), "nodes": nodes}
 

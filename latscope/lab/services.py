@@ -78,13 +78,14 @@ def wait_for(predicate, what: str, timeout: float = START_TIMEOUT_S, interval: f
 
 # --- sshd -------------------------------------------------------------------
 
-def sshd_config(name: str, address: str, host_key: Path, authorized_keys: Path, pidfile: Path) -> str:
+def sshd_config(name: str, address: str, host_key: Path, authorized_keys: Path, pidfile: Path | None) -> str:
+    """The config of a lab machine's sshd; no pid file (``None``) where systemd runs it."""
     return "\n".join([
         "# LatScope lab: sshd of one lab machine (key-only, root by key)",
         f"ListenAddress {address}",
         "Port 22",
         f"HostKey {host_key}",
-        f"PidFile {pidfile}",
+        f"PidFile {pidfile or 'none'}",
         f"AuthorizedKeysFile {authorized_keys}",
         "PermitRootLogin prohibit-password",
         "PasswordAuthentication no",

@@ -10,6 +10,10 @@ Addresses come from ``range``: its first /24 is the hosts' LAN (.1 the
 controller's bridge, .2 the manager, .11 onward the hosts), its second /24 is
 cut into one /28 per host for that host's containers (.1 the host's container
 bridge, .2 onward the containers).
+
+The first ``systemd_hosts`` hosts run systemd as PID 1 of their own PID and
+mount namespaces (docs/lab.md), so the roles' systemd branch runs for real;
+the other hosts, the manager and the containers run plain daemons.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ class LabSettings:
     containers: int = 1
     range: str = DEFAULT_RANGE
     state_dir: str = ""
+    systemd_hosts: int = 0
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "LabSettings":
@@ -56,6 +61,10 @@ class LabSettings:
                              "(it names namespaces and links, which are limited to 15 characters)", prefix)
         hosts = require_int("hosts", raw.get("hosts", 2), 1, MAX_HOSTS)
         containers = require_int("containers", raw.get("containers", 1), 0, MAX_CONTAINERS)
+        systemd_hosts = require_int("systemd_hosts", raw.get("systemd_hosts", 0), 0, MAX_HOSTS)
+        if systemd_hosts > hosts:
+            raise InputError("systemd_hosts", f"must be at most hosts ({hosts}): the first N hosts run systemd",
+                             systemd_hosts)
         text = str(raw.get("range", DEFAULT_RANGE))
         try:
             network = ipaddress.IPv4Network(text, strict=True)
@@ -70,7 +79,7 @@ class LabSettings:
         if not Path(state_dir).is_absolute():
             raise InputError("state_dir", "must be an absolute path", state_dir)
         return cls(prefix=prefix, hosts=hosts, containers=containers, range=str(network),
-                   state_dir=state_dir)
+                   state_dir=state_dir, systemd_hosts=systemd_hosts)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,6 +99,7 @@ class Node:
     gateway: str | None = None      # for a container: its host's container bridge address
     container_subnet: str | None = None  # for a host: the /28 its containers use
     containers: tuple[str, ...] = field(default_factory=tuple)
+    systemd: bool = False           # for a host: systemd is PID 1 of its own PID and mount namespaces
 
 
 @dataclass(frozen=True)
@@ -152,7 +162,8 @@ def plan(settings: LabSettings) -> LabPlan:
         names = tuple(f"host{i}-c{j}" for j in range(1, settings.containers + 1))
         nodes.append(Node(name=f"host{i}", kind="bare_metal", netns=f"{prefix}-h{i}",
                           address=str(lan_hosts[HOST_OFFSET + i - 1]), uplink=UPLINK, peer=f"{prefix}-h{i}",
-                          container_subnet=str(subnet) if subnet else None, containers=names))
+                          container_subnet=str(subnet) if subnet else None, containers=names,
+                          systemd=i <= settings.systemd_hosts))
     for host in list(nodes[1:]):
         if not host.container_subnet:
             continue

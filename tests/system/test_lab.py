@@ -166,3 +166,44 @@ def test_latscope_facts_module_runs_on_a_lab_host_over_ssh(lab):
     facts = payload["ansible_facts"]["latscope"]
     assert payload["changed"] is False
     assert facts["hook_profile"] == "tracepoint" and facts["btf"] is True and facts["kprobes"] is False
+
+
+def _cgroup_exists(name: str, mountpoint: Path) -> bool:
+    """Whether cgroup ``name`` exists at the root of the cgroup2 hierarchy (seen through a private mount)."""
+    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                           'mount -t cgroup2 cgroup2 "$1" && test -d "$1/$2"', "sh", str(mountpoint), name],
+                          capture_output=True, text=True, check=False)
+    return proc.returncode == 0
+
+
+def test_a_systemd_host_comes_up_once_and_leaves_nothing_behind(lab_slot, tmp_path):
+    """A lab of its own (1 host, systemd as its PID 1): up twice, then down kills it and removes its cgroups."""
+    from latscope.lab import systemd_host
+
+    prefix = f"e{lab_slot}"
+    settings = LabSettings.from_dict({"prefix": prefix, "hosts": 1, "containers": 0, "systemd_hosts": 1,
+                                      "range": f"198.19.{128 + 2 * lab_slot}.0/24"})
+    host = plan(settings).node("host1")
+    try:
+        lab_ops.up(settings)
+        pid = systemd_host.systemd_pid(host.netns)
+        assert pid and systemd_host.state(pid) == "running"
+        assert lab_ops.up(settings).changes == []
+        assert systemd_host.systemd_pid(host.netns) == pid
+        members = netops.netns_pids(host.netns)   # systemd, journald, sshd (and the unshare that started it)
+        assert len(members) >= 3
+        assert _cgroup_exists(systemd_host.cgroup_name(prefix, host), tmp_path)
+        ours = Path(settings.state_dir)
+        assert str(ours) not in Path("/proc/self/mountinfo").read_text()   # its mounts are its own
+    finally:
+        lab_ops.down(prefix)
+    def running(pid: int) -> bool:   # the unshare that started it may still wait to be reaped (a zombie)
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    assert [pid for pid in members if running(pid)] == []
+    assert not _cgroup_exists(systemd_host.cgroup_name(prefix, host), tmp_path)
+    assert not ours.exists() and host.netns not in netops.namespaces()
+    assert lab_ops.down(prefix).removed == []

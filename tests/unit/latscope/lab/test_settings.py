@@ -21,6 +21,8 @@ def test_defaults():
     ({"range": "not-a-net"}, "range"), ({"range": "2001:db8::/64"}, "range"),
     ({"prefix": "Bad"}, "prefix"), ({"prefix": "toolong1"}, "prefix"), ({"prefix": "1ab"}, "prefix"),
     ({"state_dir": "relative/dir"}, "state_dir"), ({"colour": "blue"}, "colour"),
+    ({"systemd_hosts": -1}, "systemd_hosts"), ({"hosts": 2, "systemd_hosts": 3}, "systemd_hosts"),
+    ({"systemd_hosts": "yes"}, "systemd_hosts"),
 ])
 def test_bad_settings_name_the_setting(raw, field):
     with pytest.raises(InputError) as info:
@@ -64,3 +66,11 @@ def test_hosts_lan_and_container_subnets_do_not_overlap():
     subnets = [ipaddress.IPv4Network(h.container_subnet) for h in lab.hosts]
     assert not any(lan.overlaps(s) for s in subnets)
     assert not any(a.overlaps(b) for i, a in enumerate(subnets) for b in subnets[i + 1:])
+
+
+def test_the_first_systemd_hosts_hosts_run_systemd():
+    lab = plan(LabSettings.from_dict({"hosts": 3, "containers": 1, "systemd_hosts": 2}))
+    assert [n.name for n in lab.nodes if n.systemd] == ["host1", "host2"]
+    assert not lab.manager.systemd and not any(n.systemd for n in lab.containers)
+    assert LabSettings.from_dict({}).systemd_hosts == 0
+    assert not any(n.systemd for n in plan(LabSettings.from_dict({})).nodes)
