@@ -34,6 +34,7 @@ pytestmark = pytest.mark.lab
 
 REPO = Path(__file__).resolve().parents[2]
 PLAYBOOK = str(Path(sys.executable).parent / "ansible-playbook")
+ANSIBLE = str(Path(sys.executable).parent / "ansible")
 # The production defaults (the lab inventory opens every key and the agent's commands to the session lab's tests).
 RESTRICTED = json.dumps({"manager_redis_key_patterns": ["latscope:*"], "manager_redis_commands": yaml.safe_load(
     (REPO / "roles" / "manager" / "defaults" / "main.yml").read_text())["manager_redis_commands"]})
@@ -273,6 +274,25 @@ def test_each_collectors_user_can_run_its_whole_part_of_the_protocol(deployed, m
                 agent.close()
     finally:
         issuer.close()
+
+
+def test_the_modules_log_in_as_their_redis_user(deployed, mlab, secret):
+    """redis_user reaches Redis: the administrator reads host1's results, host1's own user may not (HGETALL)."""
+    def results(user: str, password: str) -> subprocess.CompletedProcess:
+        args = {"session": "acl2", "hosts": ["host1"], "redis_host": mlab.plan.manager.address, "redis_user": user,
+                "redis_password": password}
+        return subprocess.run([ANSIBLE, "localhost", "-i", "localhost,", "-c", "local", "-m",
+                               "latscope.latscope.latscope_results", "-a", json.dumps(args),
+                               "-e", f"ansible_python_interpreter={sys.executable}"],
+                              capture_output=True, text=True, env=ansible_env(), timeout=120, check=False)
+
+    admin = results("latscope-admin", secret["latscope_redis_admin_password"])
+    assert admin.returncode == 0 and "records: 7" in admin.stdout, admin.stdout[-2000:]
+    collector = results("latscope-host1", secret["host1 collector"])
+    assert collector.returncode != 0, collector.stdout[-2000:]
+    assert "Redis read of session results failed: NoPermissionError" in " ".join(collector.stdout.split())
+    for value in (secret["latscope_redis_admin_password"], secret["host1 collector"]):
+        assert value not in admin.stdout + admin.stderr + collector.stdout + collector.stderr
 
 
 def test_a_collectors_user_is_refused_other_hosts_keys_and_every_admin_command(deployed, mlab, secret, in_netns,
