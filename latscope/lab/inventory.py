@@ -5,6 +5,10 @@ groups ``latscope_manager``, ``bare_metal`` and ``containers`` (each container
 names the host it lives on in ``latscope_container_host``), and
 ``group_vars/all/secrets.yml`` with the passwords, the one file a real fleet
 would encrypt with ansible-vault.
+
+The collectors' own Redis passwords are not among them: as in a fleet that sets
+no ``latscope_redis_collector_password``, deploy.yml's manager play generates one
+per host and keeps it on the manager (``LabFiles.redis_collector_password``).
 """
 
 from __future__ import annotations
@@ -20,6 +24,12 @@ MYSQL_PORT = 3306
 MYSQL_DATABASE = "latscope"
 MYSQL_USER = "latscope"
 WHEELHOUSE = Path(__file__).resolve().parents[2] / ".venv" / "wheelhouse"
+MANAGER = "manager"
+# What Redis's default user may run in the lab: the issuer's commands and the collector's (control.py's
+# Controller and Agent), because test sessions run agents of their own as that user, under private key prefixes.
+LAB_DEFAULT_USER_COMMANDS = ["-@all", "+@connection", "-@admin", "-@dangerous", "+multi", "+exec", "+discard",
+                             "+xadd", "+xread", "+xrange", "+xlen", "+hget", "+hgetall", "+hset", "+hdel", "+get",
+                             "+mget", "+set", "+expire", "+sadd", "+smembers", "+exists", "+ttl"]
 
 
 @dataclass(frozen=True)
@@ -72,11 +82,20 @@ class LabFiles:
     def mariadb_socket(self) -> Path:
         return self.root / "mariadb" / "run" / "mysqld.sock"
 
+    def host_root(self, name: str) -> Path:
+        """Where the roles write a lab machine's files (its observer_root / manager_root)."""
+        return self.root / "hosts" / name
+
+    def redis_collector_password(self, host: str) -> Path:
+        """The Redis password the manager role generated for ``host``'s collector (after deploy.yml's manager play)."""
+        return self.host_root(MANAGER) / "etc" / "latscope" / "redis-collectors" / f"{host}.password"
+
 
 def _manager_vars(node: Node, files: LabFiles) -> dict[str, Any]:
     """Where the manager role finds the lab's Redis (it takes its config over) and MariaDB (root by socket).
 
-    Test sessions use private key prefixes on the lab's Redis, so the collectors' user may use every key here.
+    Test sessions use private key prefixes on the lab's Redis and run agents of their own as the default user, so
+    that user may use every key and the collector's commands too here (each collector's own user stays narrow).
     """
     return {"manager_redis_config_file": str(files.redis_dir / "redis.conf"),
             "manager_redis_acl_file": str(files.redis_dir / "users.acl"),
@@ -84,6 +103,7 @@ def _manager_vars(node: Node, files: LabFiles) -> dict[str, Any]:
             "manager_redis_pidfile": str(files.redis_pidfile),
             "manager_redis_bind": [node.address, "127.0.0.1"],
             "manager_redis_key_patterns": ["*"],
+            "manager_redis_commands": LAB_DEFAULT_USER_COMMANDS,
             "manager_mysql_login_unix_socket": str(files.mariadb_socket)}
 
 
@@ -91,7 +111,7 @@ def _host_vars(node: Node, files: LabFiles) -> dict[str, Any]:
     entry: dict[str, Any] = {"ansible_host": node.address, "latscope_netns": node.netns,
                              "latscope_netns_path": f"/run/netns/{node.netns}"}
     # Lab hosts share this machine's filesystem: each gets its own root for what the roles write.
-    root = str(files.root / "hosts" / node.name)
+    root = str(files.host_root(node.name))
     if node.kind == "container":
         entry["latscope_container_host"] = node.parent
     elif node.kind == "manager":

@@ -136,7 +136,7 @@ def probe(args: argparse.Namespace, redis_controller: Any = None) -> int:
 def sync(args: argparse.Namespace) -> int:
     password = Path(args.redis_password_file).read_text().strip() if args.redis_password_file else None
     client = connect(RedisSettings.from_dict({"host": args.redis_host, "port": args.redis_port,
-                                              "password": password}))
+                                              "user": args.redis_user, "password": password}))
     with closing(client):
         return probe(args, Controller(client, args.redis_prefix))
 
@@ -189,6 +189,7 @@ def _parser() -> argparse.ArgumentParser:
         if name == "sync":
             p.add_argument("--redis-host", default="127.0.0.1")
             p.add_argument("--redis-port", type=int, default=6379)
+            p.add_argument("--redis-user", help="Redis ACL user (default: Redis's default user)")
             p.add_argument("--redis-password-file")
             p.add_argument("--redis-prefix", default=DEFAULT_PREFIX)
         p.set_defaults(run=run)

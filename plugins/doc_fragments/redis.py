@@ -19,9 +19,15 @@ options:
       - Port of the control plane's Redis.
     type: int
     default: 6379
+  redis_user:
+    description:
+      - Redis ACL user to log in as. Unset, the module logs in as Redis's C(default) user, which the
+        C(latscope.latscope.manager) role keeps for the issuers of commands (modules, the prober).
+      - The C(latscope-<host>) users that role creates belong to each host's collector and may not issue commands.
+    type: str
   redis_password:
     description:
-      - Password of the control plane's Redis (C(requirepass)). Never logged.
+      - Password of I(redis_user) (of the C(default) user when I(redis_user) is unset). Never logged.
     type: str
   redis_prefix:
     description:

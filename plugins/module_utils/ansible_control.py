@@ -17,6 +17,7 @@ def redis_common_argument_spec() -> Dict[str, Any]:
     return {
         "redis_host": {"type": "str", "default": "127.0.0.1"},
         "redis_port": {"type": "int", "default": 6379},
+        "redis_user": {"type": "str"},
         "redis_password": {"type": "str", "no_log": True},
         "redis_prefix": {"type": "str", "default": "latscope"},
     }
@@ -30,7 +31,7 @@ def controller(module: Any) -> Controller:
     params = module.params
     try:
         settings = RedisSettings.from_dict({"host": params["redis_host"], "port": params["redis_port"],
-                                            "password": params["redis_password"]})
+                                            "user": params["redis_user"], "password": params["redis_password"]})
         return Controller(connect(settings), params["redis_prefix"])
     except (InputError, ControlPlaneError) as exc:
         module.fail_json(msg=str(exc))

@@ -41,8 +41,12 @@ Why a stream per ack: the issuer waits for all hosts with one blocking ``XREAD``
 over their ack keys, and still sees an ack written before it started waiting (it
 reads from the start and consumes nothing, so a retry or a second reader sees it too).
 
+Who may touch which key: the manager role gives each host's collector a Redis user of its own
+(``latscope-<host>``) allowed only that host's keys above - its command stream read-only, acks and
+the session index write-only - and the issuers Redis's ``default`` user (roles/manager/README.md).
+
 Passwords: ``RedisSettings`` keeps the password out of its repr, and ``connect``
-reports a refused password as ``redis.password`` without its value.
+reports a refused login as ``redis.password`` (naming the user, never the value).
 """
 
 from __future__ import annotations
@@ -80,6 +84,7 @@ COMMON_FIELDS = frozenset({"id", "op", "session", "issued_at"})
 SESSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 HOST_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,252}")
 PREFIX_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
+REDIS_USER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
 COUNTER_RE = re.compile(r"[a-z][a-z0-9_.]{0,63}")
 STREAM_ID_RE = re.compile(r"\d{1,20}-\d{1,20}")
 ACK_ID_RE = re.compile(r"[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}|\d{1,20}-\d{1,20}")
@@ -96,6 +101,7 @@ MIN_SOCKET_TIMEOUT_S = MAX_BLOCK_MS / 1000 + 1
 DEFAULT_ACK_TIMEOUT_S = 10.0
 CURSOR_FIELD = "last_command_id"
 RESERVED_RESULT_FIELDS = frozenset({"summary", "last_update"})
+SETTINGS_FIELDS = ("connect_timeout_s", "db", "host", "password", "port", "socket_timeout_s", "user")
 
 
 class ControlPlaneError(RuntimeError):
@@ -430,7 +436,11 @@ def decode_results(host: str, raw: Mapping[Any, Any], prefix: str = "results") -
 
 @dataclass(frozen=True)
 class RedisSettings:
-    """Where the control plane is. The password is kept out of repr() and every message."""
+    """Where the control plane is and who logs in. The password is kept out of repr() and every message.
+
+    ``username`` is the Redis ACL user (``user`` in a configuration mapping, as in the MySQL
+    settings); None logs in as Redis's ``default`` user.
+    """
 
     host: str = "127.0.0.1"
     port: int = 6379
@@ -438,13 +448,14 @@ class RedisSettings:
     db: int = 0
     socket_timeout_s: float = 5.0
     connect_timeout_s: float = 3.0
+    username: Optional[str] = None
 
     @classmethod
     def from_dict(cls, raw: Optional[Mapping[str, Any]], prefix: str = "redis") -> "RedisSettings":
         raw = dict(raw or {})
-        unknown = sorted(set(raw) - {"host", "port", "password", "db", "socket_timeout_s", "connect_timeout_s"})
+        unknown = sorted(set(raw) - set(SETTINGS_FIELDS))
         if unknown:
-            raise InputError(f"{prefix}.{unknown[0]}", "unknown setting; known: connect_timeout_s, db, host, password, port, socket_timeout_s")
+            raise InputError(f"{prefix}.{unknown[0]}", f"unknown setting; known: {', '.join(SETTINGS_FIELDS)}")
         host = raw.get("host", "127.0.0.1")
         if not isinstance(host, str) or not host or any(c.isspace() for c in host) or len(host) > 253:
             raise InputError(f"{prefix}.host", "must be a host name or address", _clip(host))
@@ -454,11 +465,24 @@ class RedisSettings:
         return cls(host=host, port=require_int(f"{prefix}.port", raw.get("port", 6379), 1, 65535), password=password or None,
                    db=require_int(f"{prefix}.db", raw.get("db", 0), 0, 65535),
                    socket_timeout_s=_number(f"{prefix}.socket_timeout_s", raw.get("socket_timeout_s", 5.0), MIN_SOCKET_TIMEOUT_S, 600),
-                   connect_timeout_s=_number(f"{prefix}.connect_timeout_s", raw.get("connect_timeout_s", 3.0), 0.1, 600))
+                   connect_timeout_s=_number(f"{prefix}.connect_timeout_s", raw.get("connect_timeout_s", 3.0), 0.1, 600),
+                   username=check_redis_user(raw.get("user"), f"{prefix}.user"))
 
     @property
     def where(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def who(self) -> str:
+        """The ACL user that logs in (``default`` when none is named)."""
+        return self.username or "default"
+
+
+def check_redis_user(value: Any, field_name: str = "redis.user") -> Optional[str]:
+    """A Redis ACL user name, or None (empty or absent: the ``default`` user)."""
+    if value is None or value == "":
+        return None
+    return _name(field_name, value, REDIS_USER_RE, "a Redis user name: 1-128 letters, digits, '_', '.', ':', '@' or '-'")
 
 
 def _describe(exc: BaseException, secret: Optional[str] = None) -> str:
@@ -469,12 +493,14 @@ def _describe(exc: BaseException, secret: Optional[str] = None) -> str:
 def connect(settings: RedisSettings) -> Any:
     """A checked Redis client (bytes replies, no retries of its own: callers decide how to retry).
 
-    Raises ControlPlaneError when Redis cannot be reached and InputError naming
-    ``redis.password`` when the password is refused; neither carries the password.
+    Logs in as ``settings.username`` (Redis's ``default`` user when None). Raises
+    ControlPlaneError when Redis cannot be reached and InputError naming
+    ``redis.password`` (and the user) when the login is refused; neither carries the password.
     """
     if redis is None:
         raise ControlPlaneError("the Python package 'redis' is required on this host (pip install redis)")
-    client = redis.Redis(host=settings.host, port=settings.port, db=settings.db, password=settings.password,
+    client = redis.Redis(host=settings.host, port=settings.port, db=settings.db, username=settings.username,
+                         password=settings.password,
                          socket_timeout=max(settings.socket_timeout_s, MIN_SOCKET_TIMEOUT_S),   # outlasts a blocking read
                          socket_connect_timeout=settings.connect_timeout_s,
                          retry=Retry(NoBackoff(), 0), decode_responses=False)
@@ -482,7 +508,7 @@ def connect(settings: RedisSettings) -> Any:
         client.ping()
     except redis.AuthenticationError:
         client.close()
-        raise InputError("redis.password", f"was refused by Redis at {settings.where}") from None
+        raise InputError("redis.password", f"was refused by Redis at {settings.where} for user {settings.who}") from None
     except REDIS_ERRORS as exc:
         client.close()
         raise ControlPlaneError(f"Redis at {settings.where} is unreachable: {_describe(exc, settings.password)}") from None

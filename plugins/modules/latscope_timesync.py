@@ -169,6 +169,8 @@ def _argv(module: AnsibleModule) -> list:
         argv += ["--host", f"{name}={address}"]
     if params["netns"]:
         argv += ["--netns", params["netns"]]
+    if params["redis_user"]:
+        argv += ["--redis-user", params["redis_user"]]
     if params["redis_password"]:
         argv += ["--redis-password-file", _secret_file(module, "redis", params["redis_password"])]
     if params["mysql_host"]:

@@ -68,6 +68,18 @@ def lab_secrets(lab) -> dict:
     return yaml.safe_load(lab.files.secrets_file.read_text())
 
 
+@pytest.fixture
+def lab_collector_passwords(lab) -> dict[str, str]:
+    """The Redis passwords deploy.yml's manager play generated for the lab's collectors, read when a test starts
+    (after its module-scoped fixtures: none before a deploy ran)."""
+    found = {}
+    for node in lab.plan.hosts:
+        path = lab.files.redis_collector_password(node.name)
+        if path.exists():
+            found[f"{node.name} collector"] = path.read_text()
+    return found
+
+
 def _in_netns(netns: str, argv: list[str], env: dict | None = None,
               timeout: float = 60) -> subprocess.CompletedProcess:
     full_env = dict(os.environ)

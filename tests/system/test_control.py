@@ -411,6 +411,26 @@ def test_a_wrong_password_is_named_and_never_shown(redis_server, new_loop, caplo
     assert "redis.password" in caplog.text and wrong not in caplog.text
 
 
+def test_a_named_user_logs_in_and_a_refused_one_is_named_without_its_password(redis_server, clients):
+    user, password = f"latscope-t{uuid.uuid4().hex[:8]}", secrets.token_urlsafe(18)
+    admin = connect(redis_server.settings)
+    clients.append(admin)
+    admin.acl_setuser(user, enabled=True, passwords=[f"+{password}"], keys=["~*"], commands=["+@all"])
+    try:
+        named = connect(replace(redis_server.settings, username=user, password=password))
+        clients.append(named)
+        assert named.acl_whoami() in (user, user.encode())
+        wrong = "Wr0ng-" + secrets.token_hex(8)
+        for settings in (replace(redis_server.settings, username=user, password=wrong),
+                         replace(redis_server.settings, username="latscope-nobody", password=password)):
+            with pytest.raises(InputError) as info:
+                connect(settings)
+            assert info.value.field == "redis.password" and f"for user {settings.username}" in str(info.value)
+            assert wrong not in str(info.value) and password not in str(info.value)
+    finally:
+        admin.acl_deluser(user)
+
+
 def test_an_unreachable_redis_is_one_clear_error(redis_server):
     settings = RedisSettings(host="127.0.0.1", port=free_port(), password=redis_server.password)
     with pytest.raises(ControlPlaneError) as info:

@@ -117,12 +117,46 @@ def test_a_session_through_the_deployed_collectors_stores_rows(deployed, lab, la
     print(f"rows stored per host: {_await(stored, 'rows from both hosts', 60)}")
 
 
-def test_deploy_output_never_shows_a_secret(deployed, lab, lab_secrets):
+def test_deploy_output_never_shows_a_secret(deployed, lab, lab_secrets, lab_collector_passwords):
     verbose = _play(lab, "deploy.yml", "-vvv")
     assert verbose.returncode == 0
     output = verbose.stdout + verbose.stderr + deployed["first"].stdout
-    for secret in lab_secrets.values():
+    generated = lab_collector_passwords
+    assert sorted(generated) == ["host1 collector", "host2 collector"]
+    for secret in [*lab_secrets.values(), *generated.values()]:
         assert secret not in output
+
+
+def test_each_collector_logs_in_as_its_own_redis_user(deployed, lab, lab_secrets, lab_collector_passwords):
+    """The deployed collectors are connected as latscope-host1 and latscope-host2, each with its own password."""
+    admin = connect(RedisSettings(host=lab.plan.manager.address, username="latscope-admin",
+                                  password=lab_secrets["latscope_redis_admin_password"]))
+    try:
+        def both_connected():
+            users = {entry["user"] for entry in admin.client_list()}
+            return users if {"latscope-host1", "latscope-host2"} <= users else None
+
+        _await(both_connected, "the collectors' own users in CLIENT LIST", 60)
+    finally:
+        admin.close()
+    generated = lab_collector_passwords
+    assert generated["host1 collector"] != generated["host2 collector"]
+    for host in ("host1", "host2"):
+        config = (lab.files.host_root(host) / "etc" / "latscope" / "collector.yml").read_text()
+        assert f'user: "latscope-{host}"' in config
+        password_file = lab.files.host_root(host) / "etc" / "latscope" / "redis.password"
+        assert password_file.read_text() == generated[f"{host} collector"]
+        assert password_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_an_observer_without_its_password_on_the_manager_stops_in_the_preflight_saying_why(deployed, lab):
+    """A host the manager play has not run for yet (its password file missing): one clear failure, nothing done."""
+    run = _play(lab, "deploy.yml", "--limit", "host1", "-e", "observer_redis_password_file=/nonexistent/host1.password")
+    output = " ".join((run.stdout + run.stderr).split())
+    assert run.returncode != 0
+    assert ("observer: manager has no Redis password for host1 (/nonexistent/host1.password): "
+            "run deploy.yml's manager play first") in output, output[-2000:]
+    assert _recap(run.stdout)["host1"]["changed"] == 0
 
 
 def test_measure_rejects_a_bad_flow_before_anything_runs(deployed, lab, controller):

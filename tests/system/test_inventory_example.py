@@ -69,3 +69,11 @@ def test_secrets_are_only_vault_references():
         for key in ("latscope_redis_password", "latscope_mysql_password"):
             assert REFERENCE.match(host_vars[key]), (host, key)
     assert seen >= 2
+
+
+def test_collector_redis_passwords_are_per_host_or_generated():
+    """A host may bring its own collector password (a per-host vault reference); the others get a generated one."""
+    hostvars = _listed()["_meta"]["hostvars"]
+    own = {host: v["latscope_redis_collector_password"] for host, v in hostvars.items()
+           if "latscope_redis_collector_password" in v}
+    assert own == {"hv1": "{{ vault_latscope_redis_collector_password_hv1 }}"}

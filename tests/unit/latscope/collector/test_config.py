@@ -33,9 +33,20 @@ def test_flow_metrics_off_and_timesync_on(tmp_path):
     assert "0123456789abcdef" not in repr(config)
 
 
+def test_the_collector_logs_in_as_its_own_redis_user(tmp_path):
+    secret = tmp_path / "redis"
+    secret.write_text("per-host-s3cret\n")
+    config = config_from_dict(_base(redis={"host": "198.18.0.2", "user": "latscope-host1", "password_file": str(secret)}),
+                              "c.yml")
+    assert config.redis.username == "latscope-host1" and config.redis.password == "per-host-s3cret"
+    assert "per-host-s3cret" not in repr(config)
+    assert config_from_dict(_base(), "c.yml").redis.username is None     # Redis's default user
+
+
 @pytest.mark.parametrize("raw, field", [
     ({}, "c.yml: host"), (_base(host="bad name"), "c.yml: host"), (_base(kind="pc"), "c.yml: kind"),
     (_base(hook_profile="fentry"), "c.yml: hook_profile"), (_base(redis={"port": 0}), "c.yml: redis.port"),
+    (_base(redis={"user": "latscope host1"}), "c.yml: redis.user"),
     (_base(redis=[1]), "c.yml: redis"), (_base(mysql={"password": 5}), "c.yml: mysql.password"),
     (_base(observer={"interfaces": []}), "c.yml: observer.interfaces"),
     (_base(observer={"interfaces": ["way-too-long-interface"]}), "c.yml: observer.interfaces"),

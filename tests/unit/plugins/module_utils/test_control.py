@@ -215,12 +215,31 @@ def test_keys_are_named_under_the_prefix():
 
 @pytest.mark.parametrize("raw, field", [
     ({"port": 0}, "redis.port"), ({"port": "x"}, "redis.port"), ({"host": "a b"}, "redis.host"),
-    ({"db": -1}, "redis.db"), ({"socket_timeout_s": 1}, "redis.socket_timeout_s"), ({"user": "x"}, "redis.user"),
+    ({"db": -1}, "redis.db"), ({"socket_timeout_s": 1}, "redis.socket_timeout_s"), ({"username": "x"}, "redis.username"),
+    ({"user": "latscope host1"}, "redis.user"), ({"user": "-x"}, "redis.user"), ({"user": 7}, "redis.user"),
+    ({"user": "u" * 129}, "redis.user"), ({"user": "a>b"}, "redis.user"),
 ])
 def test_redis_settings_name_bad_fields(raw, field):
     with pytest.raises(InputError) as info:
         RedisSettings.from_dict(raw)
     assert info.value.field == field
+
+
+def test_redis_user_is_optional_and_named_user_in_a_mapping():
+    assert RedisSettings.from_dict({}).username is None and RedisSettings().who == "default"
+    assert RedisSettings.from_dict({"user": ""}).username is None
+    settings = RedisSettings.from_dict({"user": "latscope-host1.dc1", "password": "x"})
+    assert settings.username == "latscope-host1.dc1" and settings.who == "latscope-host1.dc1"
+    assert "latscope-host1.dc1" in repr(settings)
+
+
+def test_a_bad_user_is_one_error_naming_the_field_and_the_value():
+    with pytest.raises(InputError) as info:
+        RedisSettings.from_dict({"user": "two words"}, prefix="c.yml: redis")
+    assert info.value.field == "c.yml: redis.user" and "two words" in str(info.value)
+    with pytest.raises(InputError) as info:
+        RedisSettings.from_dict({"colour": "blue"})
+    assert info.value.field == "redis.colour" and "user" in str(info.value)
 
 
 def test_redis_password_never_shows():
