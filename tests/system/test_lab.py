@@ -197,6 +197,7 @@ def test_a_systemd_host_comes_up_once_and_leaves_nothing_behind(lab_slot, tmp_pa
         assert str(ours) not in Path("/proc/self/mountinfo").read_text()   # its mounts are its own
     finally:
         lab_ops.down(prefix)
+
     def running(pid: int) -> bool:   # the unshare that started it may still wait to be reaped (a zombie)
         try:
             return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"

@@ -2,9 +2,10 @@
 
 A lab of its own: host1 boots systemd in its own PID and mount namespaces (its sshd a service of it), host2 is
 an ordinary lab host (supervised collector), one container each. Check mode before the first deploy fails
-nowhere; deploy.yml then has to take the systemd branch on host1 only: the unit in host1's private /etc/systemd/system, active and enabled, its MainPID the collector,
-which heartbeats through Redis; systemd restarts it after a SIGKILL; a second deploy and check mode change
-nothing; teardown.yml stops and removes the unit, and a second teardown changes nothing.
+nowhere; deploy.yml then has to take the systemd branch on host1 only: the unit in host1's private
+/etc/systemd/system, active and enabled, its MainPID the collector, which heartbeats through Redis and stores a
+session's rows; systemd restarts it after a SIGKILL; a second deploy and check mode change nothing;
+teardown.yml stops and removes the unit, and a second teardown changes nothing.
 """
 
 from __future__ import annotations
@@ -93,8 +94,9 @@ def _task_results(output: str, host: str) -> dict[str, str]:
 def _ssh(slab, name: str, command: str) -> subprocess.CompletedProcess:
     """``command`` on lab machine ``name`` over SSH, as Ansible reaches it."""
     node = slab.plan.node(name)
-    return subprocess.run(["ssh", "-i", str(slab.files.client_key), "-o", f"UserKnownHostsFile={slab.files.known_hosts}",
-                           "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", f"root@{node.address}", command],
+    return subprocess.run(["ssh", "-i", str(slab.files.client_key),
+                           "-o", f"UserKnownHostsFile={slab.files.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+                           "-o", "BatchMode=yes", f"root@{node.address}", command],
                           capture_output=True, text=True, timeout=60, check=False)
 
 
@@ -150,8 +152,8 @@ def _host_pid(slab, ns_pid: int) -> int:
 
 
 def test_lab_host_runs_systemd_as_pid_1_with_its_sshd_as_a_service(slab):
-    host1 = _ssh(slab, "host1", "cat /proc/1/comm; systemctl is-system-running; "
-                 "systemctl show -p ActiveState --value latscope-lab-sshd.service; grep ^0:: /proc/self/cgroup; hostname")
+    host1 = _ssh(slab, "host1", "cat /proc/1/comm; systemctl is-system-running; systemctl show -p ActiveState "
+                 "--value latscope-lab-sshd.service; grep ^0:: /proc/self/cgroup; hostname")
     assert host1.returncode == 0, host1.stderr
     comm, state, sshd, cgroup, hostname = host1.stdout.split("\n")[:5]
     assert (comm, state, sshd, hostname) == ("systemd", "running", "active", "host1")
