@@ -184,6 +184,8 @@ def _entries(host: dict) -> dict[str, str]:
     entries = {}
     for line in host["files"]:
         path, _sep, attrs = line.partition(" ")
+        if "/__pycache__" in path:     # bytecode Python writes when a module is first imported: not deployed state
+            continue
         kind, mode, size, mtime = (attrs.split() + ["", "", "", ""])[:4]
         relative = path[len(host["root"]):]
         volatile = not relative.startswith(("/etc/", "/opt/")) or kind != "f"
