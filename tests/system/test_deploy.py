@@ -58,7 +58,11 @@ def test_integration_target(lab_targets, target):
     if target in NEEDS_DEPLOY and not outcome.get("lab_deploy"):
         pytest.fail(f"{target} needs what lab_deploy deploys, and lab_deploy did not pass")
     started = time.monotonic()
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(tree.parents[2]))
+    # A home of its own: what Ansible and the roles keep there (~/.ansible, the code bundle under ~/.cache) goes
+    # with the copy instead of piling up in the user's home, one bundle per copy.
+    home = tree.parents[2] / "home"
+    home.mkdir(exist_ok=True)
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(tree.parents[2]), HOME=str(home))
     proc = subprocess.run([str(ANSIBLE_TEST), "integration", "--local", "--python-interpreter", sys.executable,
                            "--allow-destructive", "--allow-unsupported", "--color", "no", target],
                           cwd=tree, capture_output=True, text=True, env=env, timeout=1800, check=False)
