@@ -36,7 +36,10 @@ options:
 attributes:
   check_mode:
     support: full
-    details: The probe only reads; with I(mount=true) it may mount tracefs or cgroup2, which it skips in check mode.
+    details: >-
+      The probe only reads. With I(mount=true) it may mount tracefs or cgroup2; in check mode it mounts them
+      in a private mount namespace that ends with the module, so the facts are the real run's and the host
+      is left unchanged.
   diff_mode:
     support: none
   platform:
@@ -97,6 +100,7 @@ hook_profile:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.latscope.latscope.plugins.module_utils.kernel import mounts as kernel_mounts
 from ansible_collections.latscope.latscope.plugins.module_utils.kernel.capabilities import probe_capabilities
 
 
@@ -104,9 +108,18 @@ def main() -> None:
     module = AnsibleModule(argument_spec={"devices": {"type": "bool", "default": True},
                                           "mount": {"type": "bool", "default": True}},
                            supports_check_mode=True)
-    if module.params["mount"] and module.check_mode:
-        module.params["mount"] = False
-    caps = probe_capabilities(ensure_mounts=module.params["mount"], with_devices=module.params["devices"])
+    mount = module.params["mount"]
+    if mount and module.check_mode:
+        # Probe as the real run would (tracefs and cgroup2 mounted where missing), but in a mount namespace of
+        # this process's own: the mounts vanish with it. cgroup2 goes on /sys/fs/cgroup there, so that not even
+        # the fallback mount point is created on the host. Without the namespace, report what is there.
+        mount = False
+        try:
+            kernel_mounts.enter_private_mount_namespace()
+            kernel_mounts.ensure_kernel_mounts(cgroup2_fallback=kernel_mounts.SYSFS_CGROUP)
+        except kernel_mounts.KernelMountError:
+            pass
+    caps = probe_capabilities(ensure_mounts=mount, with_devices=module.params["devices"])
     facts = caps.as_dict()
     module.exit_json(changed=False, ansible_facts={"latscope": facts}, hook_profile=facts["hook_profile"])
 

@@ -10,6 +10,7 @@ happened (and .ci/run removes every lab again afterwards).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +35,26 @@ def _free_slot() -> int:
         if not (STATE_ROOT / f"lab-t{slot}").exists() and f"t{slot}-mgr" not in taken:
             return slot
     raise RuntimeError(f"all {MAX_SLOTS} test lab slots are in use; run `latscope lab down --all`")
+
+
+def _collection_files() -> list[str]:
+    """Tracked files plus new ones git does not ignore: what a commit of the work tree would hold."""
+    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                         cwd=REPO, capture_output=True, text=True, check=True).stdout
+    return sorted(name for name in out.split("\0") if name and (REPO / name).is_file())
+
+
+@pytest.fixture(scope="session")
+def collection_copy(tmp_path_factory):
+    """Make a copy of the checkout at DIR/ansible_collections/latscope/latscope, as ansible-test requires it."""
+    def copy(name: str) -> Path:
+        root = tmp_path_factory.mktemp(name) / "ansible_collections" / "latscope" / "latscope"
+        for file_name in _collection_files():
+            target = root / file_name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / file_name, target)
+        return root
+    return copy
 
 
 def pytest_collection_modifyitems(config, items):

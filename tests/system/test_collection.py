@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -19,22 +18,21 @@ ANSIBLE_TEST = VENV_BIN.parent / "ansible-test" / "bin" / "ansible-test"
 LINT_BIN = VENV_BIN.parent / "ansible-lint" / "bin"
 
 
-def _collection_files() -> list[str]:
-    """Tracked files plus new ones git does not ignore: what a commit of the work tree would hold."""
-    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                         cwd=REPO, capture_output=True, text=True, check=True).stdout
-    return sorted(name for name in out.split("\0") if name and (REPO / name).is_file())
-
-
 @pytest.fixture(scope="module")
-def collection_tree(tmp_path_factory) -> Path:
+def collection_tree(collection_copy) -> Path:
     """A copy of the checkout at .../ansible_collections/latscope/latscope, as ansible-test requires."""
-    root = tmp_path_factory.mktemp("collections") / "ansible_collections" / "latscope" / "latscope"
-    for name in _collection_files():
-        target = root / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / name, target)
-    return root
+    return collection_copy("collections")
+
+
+def _controller_targets(targets_dir: Path) -> list[str]:
+    """The integration targets that need nothing but the controller: not the setup_* helpers, and not the ones
+    that drive a lab (alias latscope/lab; tests/system/test_deploy.py runs those against its lab)."""
+    found = []
+    for path in sorted(targets_dir.iterdir()):
+        aliases = (path / "aliases").read_text().split() if (path / "aliases").is_file() else []
+        if not path.name.startswith("setup_") and "latscope/lab" not in aliases:
+            found.append(path.name)
+    return found
 
 
 def test_galaxy_build_and_install(tmp_path, collection_tree):
@@ -73,9 +71,9 @@ def test_ansible_test_sanity(collection_tree):
 
 
 def test_ansible_test_integration_targets(collection_tree):
-    """The targets under tests/integration/targets run with ansible-test on this machine (controller side)."""
-    targets = sorted(path.name for path in (collection_tree / "tests" / "integration" / "targets").iterdir())
-    assert targets
+    """The controller-side targets under tests/integration/targets run with ansible-test on this machine."""
+    targets = _controller_targets(collection_tree / "tests" / "integration" / "targets")
+    assert "flow_spec" in targets and not [name for name in targets if name.startswith("lab_")]
     env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(collection_tree.parents[2]))
     proc = subprocess.run([str(ANSIBLE_TEST), "integration", "--local", "--python", "3.11", "--color", "no", *targets],
                           cwd=collection_tree, capture_output=True, text=True, env=env, timeout=1200, check=False)

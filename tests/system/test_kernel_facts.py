@@ -169,3 +169,28 @@ def test_probe_inside_ip_netns_exec_mounts_what_it_needs():
     finally:
         subprocess.run(["ip", "netns", "del", netns], timeout=10, check=False)
     assert not _our_programs()
+
+
+@needs_root
+def test_check_mode_facts_inside_ip_netns_exec_see_the_real_profile_and_leave_no_mount(tmp_path):
+    """Check mode may not mount: it probes in a private mount namespace, so deploy.yml --check on a fresh
+    host (no tracefs, no cgroup2 where it looks) predicts the real run instead of refusing the host."""
+    netns = f"kx-check-{os.getpid()}"
+    args = tmp_path / "args.json"
+    args.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {"devices": False, "_ansible_check_mode": True}}))
+    module = REPO / "plugins" / "modules" / "latscope_facts.py"
+    script = (f"{sys.executable} {module} {args} && "
+              "echo && echo mounts=$(grep -Ec ' - (tracefs|cgroup2) ' /proc/self/mountinfo)")
+    subprocess.run(["ip", "netns", "add", netns], check=True, timeout=10)
+    try:
+        result = subprocess.run(["ip", "netns", "exec", netns, "sh", "-c", script], capture_output=True, text=True,
+                                timeout=60, check=False)
+    finally:
+        subprocess.run(["ip", "netns", "del", netns], timeout=10, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    facts, mounts_line = json.loads(lines[-2]), lines[-1]
+    assert facts["hook_profile"] == "tracepoint", facts["ansible_facts"]["latscope"]["profile_reason"]
+    assert facts["changed"] is False
+    assert mounts_line == "mounts=0"     # the shell that ran the module sees no mount of its
+    assert not _our_programs()

@@ -14,6 +14,8 @@ missing, and reports what it mounted.
 
 from __future__ import annotations
 
+import ctypes
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +25,11 @@ TRACEFS_PATH = Path("/sys/kernel/tracing")
 DEBUGFS_PATH = Path("/sys/kernel/debug")
 DEBUGFS_TRACING = DEBUGFS_PATH / "tracing"
 CGROUP2_FALLBACK = Path("/run/latscope/cgroup2")
+SYSFS_CGROUP = Path("/sys/fs/cgroup")  # where the kernel offers cgroup filesystems a mount point
 TRACEFS_MARKER = "available_events"
 CGROUP2_MARKER = "cgroup.procs"
 MOUNT_TIMEOUT_S = 10
+CLONE_NEWNS = 0x00020000
 
 
 class KernelMountError(RuntimeError):
@@ -170,3 +174,22 @@ def ensure_kernel_mounts(mountinfo: Path = MOUNTINFO,
     tracefs, mounted_t = ensure_tracefs(mountinfo)
     cgroup2, mounted_c = ensure_cgroup2(mountinfo, cgroup2_fallback)
     return KernelMounts(tracefs, cgroup2, tuple(mounted_t + mounted_c))
+
+
+def enter_private_mount_namespace() -> None:
+    """Move this process into a mount namespace of its own from which no mount propagates.
+
+    What it (or a child) mounts afterwards is seen by nobody else and disappears when it exits: check mode
+    probes with tracefs and cgroup2 mounted, as the real run would, and leaves the host as it was.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNS) != 0:
+        code = ctypes.get_errno()
+        raise KernelMountError(f"cannot create a private mount namespace: {os.strerror(code)}")
+    try:
+        result = subprocess.run(["mount", "--make-rprivate", "/"], check=False, capture_output=True, text=True,
+                                timeout=MOUNT_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise KernelMountError(f"cannot make the mounts private: {exc}") from exc
+    if result.returncode != 0:
+        raise KernelMountError(f"cannot make the mounts private: {(result.stderr or result.stdout).strip()}")
