@@ -280,7 +280,7 @@ def check_secrets(args: argparse.Namespace) -> str:
     """No secret in the play output and logs; at rest, only in files nobody else may read."""
     secrets = _secrets(args.secrets)
     # The collectors' Redis passwords the manager role generated (none in the inventory): secrets as well.
-    generated = sorted(args.tree.rglob("redis-collectors/*.password"))
+    generated = sorted(path for tree in args.tree for path in tree.rglob("redis-collectors/*.password"))
     for path in generated:
         secrets[f"the Redis password of {path.stem}'s collector"] = path.read_bytes().strip()
     problems, private, outputs, scanned = [], [], _files(args.output), 0
