@@ -66,12 +66,13 @@ def _is_zombie(pid: int) -> bool:
         return True
 
 
-def wait_for(predicate, what: str, timeout: float = START_TIMEOUT_S, interval: float = 0.05) -> None:
-    """Poll ``predicate`` until true; raise naming ``what`` on timeout."""
+def wait_for(predicate, what: str, timeout: float = START_TIMEOUT_S, interval: float = 0.05):
+    """Poll ``predicate`` until it returns something true, and return that; raise naming ``what`` on timeout."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():
-            return
+        value = predicate()
+        if value:
+            return value
         time.sleep(interval)
     raise CommandError(f"timed out after {timeout:.0f}s waiting for {what}")
 

@@ -24,22 +24,12 @@ from ansible_collections.latscope.latscope.plugins.module_utils.control import C
 from ansible_collections.latscope.latscope.plugins.module_utils.kernel import mounts as kernel_mounts
 from latscope.lab import lab as lab_ops
 from latscope.lab.netops import wait_listening
-from latscope.lab.services import running_pid
+from latscope.lab.services import running_pid, wait_for
 
 pytestmark = pytest.mark.lab
 
 PORT = 5301
 SAMPLING = {"size": 72400, "interval": 0.5}
-
-
-def _await(predicate, what: str, timeout: float = 60.0, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def _bpftool(*args: str) -> list[dict]:
@@ -161,7 +151,7 @@ def _rows(db, session: str) -> dict[str, int]:
 def test_session_through_redis_stores_every_record_despite_a_database_outage(fleet, lab, lab_settings):
     controller, plan, db = fleet["controller"], fleet["plan"], fleet["db"]
     hosts = ["host1", "host2"]
-    _await(lambda: all(beat is not None for beat in controller.alive(hosts).values()), "heartbeats", 30)
+    wait_for(lambda: all(beat is not None for beat in controller.alive(hosts).values()), "heartbeats", 30)
     acks = controller.start_session(hosts, "outage1", {"dport": PORT}, SAMPLING, timeout_s=30)
     assert all(ack.ok for ack in acks.values()), acks
 
@@ -169,10 +159,10 @@ def test_session_through_redis_stores_every_record_despite_a_database_outage(fle
     pidfile = Path(lab.files.root) / "mariadb" / "run" / "mysqld.pid"
     pid = int(pidfile.read_text())
     os.kill(pid, signal.SIGTERM)
-    _await(lambda: running_pid(pidfile, "mariadbd") is None, "mariadbd to stop")
+    wait_for(lambda: running_pid(pidfile, "mariadbd") is None, "mariadbd to stop")
     outage_started = time.monotonic()
     _iperf(plan, "host1-c1")            # measured while the database is down: spooled, not lost
-    _await(lambda: time.monotonic() - outage_started >= 30, "a 30 s outage", 40, 1.0)
+    wait_for(lambda: time.monotonic() - outage_started >= 30, "a 30 s outage", 40, 1.0)
     lab_ops.up(lab_settings)            # MariaDB comes back
 
     acks = controller.stop_session(hosts, "outage1", timeout_s=30)
@@ -183,8 +173,8 @@ def test_session_through_redis_stores_every_record_despite_a_database_outage(fle
         assert counters["emitted"] > 100, (host, counters)
         assert counters["store_spooled_records"] > 0, (host, counters)
     expected = {h: results[h].counters["emitted"] - results[h].counters.get("store_spool_dropped", 0) for h in hosts}
-    rows = _await(lambda: _rows(db, "outage1") == expected and _rows(db, "outage1"),
-                  f"rows to equal the records ({expected})", 90, 0.5)
+    rows = wait_for(lambda: _rows(db, "outage1") == expected and _rows(db, "outage1"),
+                    f"rows to equal the records ({expected})", 90, 0.5)
     print(f"stored rows per host after a 30 s MariaDB outage: {rows} (records {expected})")
 
     # the 16 flow metrics came along, every sampling.interval, through the same outage
@@ -219,17 +209,17 @@ def test_kill_9_leaves_nothing_attached_and_a_restart_resumes(fleet):
     links, programs = _links_of(pid), _programs_of(pid)
     assert len(links) >= 11 and programs & _cgroup_programs(), (links, programs)
     assert daemons["host1"].stop(signal.SIGKILL) == -signal.SIGKILL
-    _await(lambda: not _existing_links(links), "the kernel to drop every link of the killed daemon", 10)
-    _await(lambda: not programs & _cgroup_programs(), "its cgroup programs to be detached", 10)
+    wait_for(lambda: not _existing_links(links), "the kernel to drop every link of the killed daemon", 10)
+    wait_for(lambda: not programs & _cgroup_programs(), "its cgroup programs to be detached", 10)
 
     daemons["host1"].start()            # the supervisor's restart
-    _await(lambda: controller.host_states(["host1"])["host1"].get("session") == "crash1", "the resumed session")
+    wait_for(lambda: controller.host_states(["host1"])["host1"].get("session") == "crash1", "the resumed session")
     pid = daemons["host1"].proc.pid
     links = _links_of(pid)
     assert len(links) >= 11
     acks = controller.stop_session(["host1"], "crash1", timeout_s=30)
     assert acks["host1"].ok, acks
-    _await(lambda: not _existing_links(links), "detach on stop", 10)
+    wait_for(lambda: not _existing_links(links), "detach on stop", 10)
     assert daemons["host1"].stop() == 0
     daemons["host1"].start()
 
@@ -307,8 +297,8 @@ SESSION_PLAY = """
 
 
 def test_the_modules_drive_sessions_idempotently_without_leaking_secrets(fleet, lab, lab_secrets, tmp_path):
-    _await(lambda: all(beat is not None for beat in fleet["controller"].alive(["host1", "host2"]).values()),
-           "heartbeats", 30)
+    wait_for(lambda: all(beat is not None for beat in fleet["controller"].alive(["host1", "host2"]).values()),
+             "heartbeats", 30)
     playbook = tmp_path / "session.yml"
     playbook.write_text(SESSION_PLAY % {"port": PORT})
     env = dict(os.environ, ANSIBLE_CONFIG=str(Path(__file__).resolve().parents[2] / "ansible.cfg"))

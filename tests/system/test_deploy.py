@@ -22,6 +22,7 @@ import yaml
 
 from ansible_collections.latscope.latscope.plugins.module_utils.control import RedisSettings, connect
 from latscope.demo import ansible_env
+from latscope.lab.services import wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -92,16 +93,6 @@ def _play(lab, playbook: str, *extra: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, env=ansible_env(), timeout=1200, check=False)
 
 
-def _await(predicate, what: str, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_each_collector_logs_in_as_its_own_redis_user(lab_targets, lab, lab_secrets, lab_collector_passwords):
     """The deployed collectors are connected as latscope-host1 and latscope-host2, each with its own password."""
     if not lab_targets[1].get("lab_deploy"):
@@ -113,7 +104,7 @@ def test_each_collector_logs_in_as_its_own_redis_user(lab_targets, lab, lab_secr
             users = {entry["user"] for entry in admin.client_list()}
             return users if {"latscope-host1", "latscope-host2"} <= users else None
 
-        _await(both_connected, "the collectors' own users in CLIENT LIST", 60)
+        wait_for(both_connected, "the collectors' own users in CLIENT LIST", timeout=60, interval=0.2)
     finally:
         admin.close()
     generated = lab_collector_passwords

@@ -7,10 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from latscope.lab.services import wait_for
 
 
 def _cli(*args: str) -> dict:
@@ -23,16 +24,6 @@ def _cli(*args: str) -> dict:
 def _children(pid: int) -> list[int]:
     text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
     return [int(child) for child in text.split()]
-
-
-def _await(predicate, what: str, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
@@ -51,15 +42,15 @@ def test_start_is_idempotent_restarts_after_a_crash_and_stop_removes_everything(
     again = _cli("start", "--pidfile", str(pidfile), "--log", str(log), *command)
     assert again == {"changed": False, "pid": supervisor}
 
-    child = _await(lambda: _children(supervisor), "the child")[0]
+    child = wait_for(lambda: _children(supervisor), "the child", timeout=20)[0]
     os.kill(child, signal.SIGKILL)                     # a crash
-    replacement = _await(lambda: [c for c in _children(supervisor) if c != child], "a restarted child", 30)[0]
+    replacement = wait_for(lambda: [c for c in _children(supervisor) if c != child], "a restarted child", timeout=30)[0]
     state = _cli("status", "--pidfile", str(pidfile))
     assert state["running"] and state["restarts"] == 1 and state["last_exit"] == -signal.SIGKILL
     assert log.read_text().count("up\n") == 2
 
     assert _cli("stop", "--pidfile", str(pidfile)) == {"changed": True}
     assert not Path(f"/proc/{supervisor}").exists() or "Z" in Path(f"/proc/{supervisor}/stat").read_text().split()[2]
-    _await(lambda: not Path(f"/proc/{replacement}").exists(), "the child to end")
+    wait_for(lambda: not Path(f"/proc/{replacement}").exists(), "the child to end", timeout=20)
     assert not pidfile.exists()
     assert _cli("stop", "--pidfile", str(pidfile)) == {"changed": False}

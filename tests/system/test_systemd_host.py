@@ -28,6 +28,7 @@ from ansible_collections.latscope.latscope.plugins.module_utils.control import C
 from latscope.demo import ansible_env
 from latscope.lab import lab as lab_ops
 from latscope.lab import netops, systemd_host
+from latscope.lab.services import wait_for
 from latscope.lab.settings import STATE_ROOT, LabSettings
 
 pytestmark = pytest.mark.lab
@@ -104,16 +105,6 @@ def _show(slab, prop: str) -> str:
     proc = _ssh(slab, "host1", f"systemctl show -p {prop} --value {UNIT}")
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip()
-
-
-def _await(predicate, what: str, timeout: float = 90.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +205,7 @@ def test_the_systemd_collector_heartbeats_through_redis(slab, deployed, controll
         beats = controller.alive(["host1", "host2"])
         return beats if all(beats.values()) and beats["host1"].pid == main else None
 
-    beats = _await(beating, f"heartbeats of both collectors, host1's from MainPID {main}")
+    beats = wait_for(beating, f"heartbeats of both collectors, host1's from MainPID {main}", timeout=90, interval=0.2)
     assert beats["host1"].hook_profile == beats["host2"].hook_profile == "tracepoint"
 
 
@@ -246,7 +237,7 @@ def test_a_session_through_the_systemd_collector_stores_rows(slab, deployed, con
             rows = dict(cur.fetchall())
         return rows if rows.get("host1", 0) > 100 and rows.get("host2", 0) > 100 else None
 
-    print(f"rows stored per host: {_await(stored, 'rows from both collectors', 60)}")
+    print(f"rows stored per host: {wait_for(stored, 'rows from both collectors', timeout=60, interval=0.2)}")
 
 
 def test_systemd_restarts_a_collector_killed_with_sigkill(slab, deployed, controller):
@@ -259,7 +250,7 @@ def test_systemd_restarts_a_collector_killed_with_sigkill(slab, deployed, contro
         main = int(_show(slab, "MainPID"))
         return main if main not in (0, before) and _show(slab, "ActiveState") == "active" else None
 
-    after = _await(restarted, "systemd to restart the collector", timeout=30)
+    after = wait_for(restarted, "systemd to restart the collector", timeout=30, interval=0.2)
     assert int(_show(slab, "NRestarts")) == restarts + 1
     journal = _ssh(slab, "host1", f"journalctl -u {UNIT} --no-pager -o cat").stdout
     assert "status=9/KILL" in journal and "Scheduled restart job" in journal, journal[-2000:]
@@ -268,7 +259,7 @@ def test_systemd_restarts_a_collector_killed_with_sigkill(slab, deployed, contro
         beat = controller.alive(["host1"])["host1"]
         return beat if beat and beat.pid == after and beat.at > killed_at else None
 
-    beat = _await(beating_again, f"a heartbeat from the restarted collector (pid {after})")
+    beat = wait_for(beating_again, f"a heartbeat from the restarted collector (pid {after})", timeout=90, interval=0.2)
     print(f"restarted by systemd: pid {before} -> {after}, heartbeating again after {beat.at - killed_at:.1f}s")
 
 
