@@ -37,7 +37,7 @@ from ansible_collections.latscope.latscope.plugins.module_utils.kernel import he
 from ansible_collections.latscope.latscope.plugins.module_utils.kernel import mounts as kernel_mounts
 from ansible_collections.latscope.latscope.plugins.module_utils.kernel.btf import Btf, BtfFieldError, offsets_to_macros
 from ansible_collections.latscope.latscope.plugins.module_utils.kernel.capabilities import (
-    ATTACH_CGROUP_SOCK_OPS, BPF_ATTR_SIZE, Bpf, Syscalls)
+    ATTACH_CGROUP_SOCK_OPS, BPF_ATTR_SIZE, Bpf, Syscalls, wait_for_runs_in_flight)
 from ansible_collections.latscope.latscope.plugins.module_utils.metrics import COUNTERS, FlowMetrics
 from ansible_collections.latscope.latscope.plugins.module_utils.sampling import FlowFilter, Sampling
 from latscope.collector.observer import filter_net, host_scope
@@ -231,12 +231,16 @@ class FlowMetricsCollector:
         return list(self._raw_attached) + ([SOCK_OPS_PROGRAM] if self._links else [])
 
     def detach(self) -> None:
+        """Detach every program and wait for the runs already under way: after this, nothing changes."""
+        attached = bool(self._links or self._raw_attached)
         for link in self._links:
             os.close(link)
         self._links.clear()
         for tracepoint in self._raw_attached:
             self.bpf.detach_raw_tracepoint(tp=tracepoint)
         self._raw_attached.clear()
+        if attached:
+            wait_for_runs_in_flight(self._sys)
 
     # --- reading -------------------------------------------------------------------------------
 

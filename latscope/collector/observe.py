@@ -48,7 +48,7 @@ def run_observe(sampling: Sampling, flow: FlowFilter, netns_paths: list[str], in
         while not stopping and time.monotonic() < deadline:
             observer.poll(100)
         observer.disable()
-        observer.detach()     # waits for programs in flight, so the counters below are final
+        observer.detach()     # waits for the runs in flight, so the counters below are final
         observer.poll(0)
         out.flush()
         counters = observer.counters()

@@ -22,7 +22,8 @@ from ansible_collections.latscope.latscope.plugins.module_utils.kernel import he
 from ansible_collections.latscope.latscope.plugins.module_utils.kernel import mounts as kernel_mounts
 from ansible_collections.latscope.latscope.plugins.module_utils.kernel.btf import Btf, offsets_to_macros
 from ansible_collections.latscope.latscope.plugins.module_utils.kernel.capabilities import (
-    ATTACH_CGROUP_INET_EGRESS, ATTACH_CGROUP_INET_INGRESS, ATTACH_CGROUP_SOCK_OPS, Bpf, Syscalls)
+    ATTACH_CGROUP_INET_EGRESS, ATTACH_CGROUP_INET_INGRESS, ATTACH_CGROUP_SOCK_OPS, Bpf, Syscalls,
+    wait_for_runs_in_flight)
 from ansible_collections.latscope.latscope.plugins.module_utils.records import (
     COUNTERS, EVENT_SIZE, PacketRecord, decode_event)
 from ansible_collections.latscope.latscope.plugins.module_utils.sampling import FlowFilter, Sampling
@@ -216,12 +217,16 @@ class Observer:
         return list(self._raw_attached) + [program[0] for program in CGROUP_PROGRAMS[:len(self._links)]]
 
     def detach(self) -> None:
+        """Detach every program and wait for the runs already under way: after this, nothing changes."""
+        attached = bool(self._links or self._raw_attached)
         for link in self._links:
             os.close(link)
         self._links.clear()
         for tracepoint in self._raw_attached:
             self.bpf.detach_raw_tracepoint(tp=tracepoint)
         self._raw_attached.clear()
+        if attached:
+            wait_for_runs_in_flight(self._syscalls.sys)
 
     # --- draining ------------------------------------------------------------------------------
 

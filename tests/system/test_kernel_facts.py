@@ -15,7 +15,7 @@ import pytest
 from ansible_collections.latscope.latscope.plugins.module_utils.kernel import mounts as kernel_mounts
 from ansible_collections.latscope.latscope.plugins.module_utils.kernel.btf import VMLINUX_BTF, Btf, offsets_to_macros
 from ansible_collections.latscope.latscope.plugins.module_utils.kernel.capabilities import (
-    CGROUP_PREFIX, NETNS_PREFIX, PROG_NAME, REQUIRED_TRACEPOINTS, probe_capabilities,
+    CGROUP_PREFIX, NETNS_PREFIX, PROG_NAME, REQUIRED_TRACEPOINTS, Syscalls, probe_capabilities,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -194,3 +194,12 @@ def test_check_mode_facts_inside_ip_netns_exec_see_the_real_profile_and_leave_no
     assert facts["changed"] is False
     assert mounts_line == "mounts=0"     # the shell that ran the module sees no mount of its
     assert not _our_programs()
+
+
+@needs_root
+def test_this_kernel_grants_the_grace_period_detach_waits_for():
+    """Observer/FlowMetricsCollector.detach() wait with membarrier(2) GLOBAL for the program runs under way.
+
+    On a kernel refusing it they fall back to a fixed pause; here it must be the real wait.
+    """
+    Syscalls().rcu_grace_period()

@@ -40,10 +40,12 @@ from ansible_collections.latscope.latscope.plugins.module_utils.kernel.btf impor
 
 # ---- syscall and ABI constants -------------------------------------------------------------
 
-SYSCALL_NUMBERS = {  # machine -> (bpf, perf_event_open, setns)
-    "x86_64": (321, 298, 308),
-    "aarch64": (280, 241, 268),
+SYSCALL_NUMBERS = {  # machine -> (bpf, perf_event_open, setns, membarrier)
+    "x86_64": (321, 298, 308, 324),
+    "aarch64": (280, 241, 268, 283),
 }
+MEMBARRIER_CMD_GLOBAL = 1
+RUNS_IN_FLIGHT_FALLBACK_S = 0.2   # without membarrier(2): longer than any one program run
 BPF_MAP_CREATE = 0
 BPF_PROG_LOAD = 5
 BPF_PROG_GET_FD_BY_ID = 13
@@ -202,7 +204,7 @@ class Capabilities:
 # ---- raw syscalls --------------------------------------------------------------------------
 
 class Syscalls:
-    """bpf(2), perf_event_open(2) and setns(2) through libc; ``OSError`` on failure."""
+    """bpf(2), perf_event_open(2), setns(2) and membarrier(2) through libc; ``OSError`` on failure."""
 
     def __init__(self, machine: str | None = None) -> None:
         machine = machine or platform.machine()
@@ -210,7 +212,7 @@ class Syscalls:
         if numbers is None:
             raise ProbeError(f"machine '{machine}' unsupported (known: "
                              f"{', '.join(sorted(SYSCALL_NUMBERS))})")
-        self._nr_bpf, self._nr_perf, self._nr_setns = numbers
+        self._nr_bpf, self._nr_perf, self._nr_setns, self._nr_membarrier = numbers
         self._libc = ctypes.CDLL(None, use_errno=True)
         self._libc.syscall.restype = ctypes.c_long
 
@@ -236,6 +238,30 @@ class Syscalls:
     def setns(self, fd: int, nstype: int, what: str) -> None:
         self._check(self._libc.syscall(self._nr_setns, ctypes.c_int(fd), ctypes.c_int(nstype)),
                     what)
+
+    def rcu_grace_period(self) -> None:
+        """Wait until every CPU has left the RCU read-side sections it was in (membarrier(2) GLOBAL).
+
+        BPF programs run inside such sections (tracepoints, XDP, tc, cgroup hooks), and
+        detaching a program does not wait for the runs already under way: after this call
+        none of them is still running, so counters and ring buffers read next are final.
+        The kernel implements MEMBARRIER_CMD_GLOBAL as synchronize_rcu(); it refuses it
+        (EINVAL) on nohz_full kernels.
+        """
+        self._check(self._libc.syscall(self._nr_membarrier, ctypes.c_int(MEMBARRIER_CMD_GLOBAL),
+                                       ctypes.c_uint(0), ctypes.c_int(0)), "membarrier(MEMBARRIER_CMD_GLOBAL)")
+
+
+def wait_for_runs_in_flight(sys: Syscalls) -> None:
+    """After detaching programs: return once none of their runs already under way is still running.
+
+    An RCU grace period where the kernel grants one (see ``Syscalls.rcu_grace_period``); on a
+    kernel that refuses it, a pause far longer than any single program run takes.
+    """
+    try:
+        sys.rcu_grace_period()
+    except OSError:
+        time.sleep(RUNS_IN_FLIGHT_FALLBACK_S)
 
 
 def insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
