@@ -239,6 +239,13 @@ def test_per_layer_percentiles_are_the_nearest_rank_ones(db):
     assert abs(layer(db, "data", "rx_tcp")["max"] - 10_000) <= 2
     assert abs(layer(db, "ack", "tx_ip")["min"] - 1800) <= 2
     assert analysis_sql.nearest_rank(range(1000, 10_001, 1000), 500) == 5000
+    # a layer without a value in a direction still has its row: an ACK has no application send
+    assert layer(db, "ack", "tx_app") == {"n": 0, "min": None, "p50": None, "p90": None, "p99": None, "max": None,
+                                          "mean": None}
+    per_direction = query(db, "SELECT direction, COUNT(*) FROM analysis_layers WHERE session_id = %s "
+                              "GROUP BY direction ORDER BY direction", (SESSION,))
+    assert per_direction == [("ack", len(analysis_sql.packet_columns())), ("data", len(analysis_sql.packet_columns())),
+                             ("rtt", len(analysis_sql.rtt_columns()))]
 
 
 def test_network_latency_is_taken_across_the_two_clocks(db):
