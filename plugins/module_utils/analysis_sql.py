@@ -613,7 +613,7 @@ def _layers_sql(source: str, columns: Sequence[str], direction: Optional[str]) -
 
     The columns are unpivoted first (one narrow row per value, UNION ALL), so one sort ranks every
     column's values at once: a window per column over the wide rows would sort the whole wide row once
-    per column (2.7x slower at 1M samples). The p-th percentile is the value at rank ceil(p * n)
+    per column (about twice as slow at 1M samples). The p-th percentile is the value at rank ceil(p * n)
     (``nearest_rank``). Every (flow, direction) gets a row per column, with n = 0 where it has no value.
     """
     group = "saddr, daddr, sport, dport" + (", direction" if direction is None else "")
