@@ -37,10 +37,10 @@ from ansible_collections.latscope.latscope.plugins.module_utils.kernel import he
 from ansible_collections.latscope.latscope.plugins.module_utils.kernel import mounts as kernel_mounts
 from ansible_collections.latscope.latscope.plugins.module_utils.kernel.btf import Btf, BtfFieldError, offsets_to_macros
 from ansible_collections.latscope.latscope.plugins.module_utils.kernel.capabilities import (
-    ATTACH_CGROUP_SOCK_OPS, BPF_ATTR_SIZE, Bpf, Syscalls, wait_for_runs_in_flight)
+    ATTACH_CGROUP_SOCK_OPS, BPF_ATTR_SIZE, Bpf, Syscalls)
 from ansible_collections.latscope.latscope.plugins.module_utils.metrics import COUNTERS, FlowMetrics
 from ansible_collections.latscope.latscope.plugins.module_utils.sampling import FlowFilter, Sampling
-from latscope.collector.observer import filter_net, host_scope
+from latscope.collector.observer import detach_programs, filter_net, host_scope
 
 BPF_DIR = Path(__file__).resolve().parents[2] / "files" / "bpf"
 SOURCE = "flowmetrics.bpf.c"
@@ -232,15 +232,7 @@ class FlowMetricsCollector:
 
     def detach(self) -> None:
         """Detach every program and wait for the runs already under way: after this, nothing changes."""
-        attached = bool(self._links or self._raw_attached)
-        for link in self._links:
-            os.close(link)
-        self._links.clear()
-        for tracepoint in self._raw_attached:
-            self.bpf.detach_raw_tracepoint(tp=tracepoint)
-        self._raw_attached.clear()
-        if attached:
-            wait_for_runs_in_flight(self._sys)
+        detach_programs(self.bpf, self._links, self._raw_attached, self._sys)
 
     # --- reading -------------------------------------------------------------------------------
 

@@ -103,6 +103,20 @@ class Scope:
     uplinks: list[tuple[int, int]]  # (netns cookie, ifindex)
 
 
+def detach_programs(bpf, links: list[int], raw_attached: list[str], syscalls: Syscalls) -> None:
+    """Close ``links``, detach the ``raw_attached`` tracepoints of ``bpf`` (emptying both lists), then wait for
+    the program runs already under way (``wait_for_runs_in_flight``): counters and ring buffers read next are final."""
+    attached = bool(links or raw_attached)
+    for link in links:
+        os.close(link)
+    links.clear()
+    for tracepoint in raw_attached:
+        bpf.detach_raw_tracepoint(tp=tracepoint)
+    raw_attached.clear()
+    if attached:
+        wait_for_runs_in_flight(syscalls)
+
+
 def filter_net(value: str | None) -> tuple[int, int]:
     """(network, mask) in network byte order as the C compares them; (0, 0) for any."""
     if not value:
@@ -218,15 +232,7 @@ class Observer:
 
     def detach(self) -> None:
         """Detach every program and wait for the runs already under way: after this, nothing changes."""
-        attached = bool(self._links or self._raw_attached)
-        for link in self._links:
-            os.close(link)
-        self._links.clear()
-        for tracepoint in self._raw_attached:
-            self.bpf.detach_raw_tracepoint(tp=tracepoint)
-        self._raw_attached.clear()
-        if attached:
-            wait_for_runs_in_flight(self._syscalls.sys)
+        detach_programs(self.bpf, self._links, self._raw_attached, self._syscalls.sys)
 
     # --- draining ------------------------------------------------------------------------------
 
