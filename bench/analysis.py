@@ -265,17 +265,17 @@ def run(args, keys_host: int, keys_container: int) -> int:
                 cursor.execute("ANALYZE TABLE packet_samples, packet_stamps")
                 cursor.fetchall()
                 base = baseline(cursor)
-                least = {"read": read_floor(cursor)}
                 if args.generate_only:
                     cursor.execute("SELECT DATABASE()")
                     print(f"generated {samples} samples ({stamps} stamps) in {generated:.1f}s into {cursor.fetchone()[0]}; "
                           f"baseline {base:.2f}s")
                     return 0
+                least = {"read": read_floor(cursor)}
             first = analysis_sql.materialise(connection, SESSION)
             again = analysis_sql.materialise(connection, SESSION)
             with connection.cursor() as cursor:
-                cursor.execute("SET SESSION tmp_table_size = 268435456")
-                cursor.execute("SET SESSION max_heap_table_size = 268435456")
+                for statement in analysis_sql.SESSION_SETTINGS:   # the temporary-table sizes the analysis runs with
+                    cursor.execute(statement)
                 least.update(write_and_rank_floor(cursor))
                 cursor.execute("SELECT COUNT(*) FROM analysis_packets WHERE session_id = %s", (SESSION,))
                 rows = cursor.fetchone()[0]
